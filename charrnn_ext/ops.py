@@ -1,0 +1,77 @@
+"""The fused tanh-RNN window op: fake kernels, the autograd.Function and rnn_tanh()."""
+import torch
+
+_FORWARD = torch.ops.charrnn.rnn_tanh_forward
+_BACKWARD = torch.ops.charrnn.rnn_tanh_backward
+
+
+def _check_like(x, name, t, shape):
+    """Device and dtype agreement for the fake kernels; the C++ kernels run the full checks
+    (charrnn::check_forward_args), the fake ones just enough to trace only what eager accepts."""
+    if t.device != x.device or t.dtype != x.dtype:
+        raise ValueError(f"charrnn: {name} {shape} must match x's device {x.device} and dtype "
+                         f"{x.dtype}, got {t.device} and {t.dtype}")
+    if t.dim() != len(shape):
+        raise ValueError(f"charrnn: {name} must have shape {shape}, got {tuple(t.shape)}")
+
+
+@torch.library.register_fake("charrnn::rnn_tanh_forward")
+def _forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh):
+    if x.dim() != 3:
+        raise ValueError(f"charrnn: x must have shape [T, B, E], got {tuple(x.shape)}")
+    for name, t, shape in (("h0", h0, "[B, H]"), ("w_ih", w_ih, "[H, E]"), ("w_hh", w_hh, "[H, H]"),
+                           ("b_ih", b_ih, "[H]"), ("b_hh", b_hh, "[H]")):
+        if t is not None:
+            _check_like(x, name, t, shape)
+    T, B, _ = x.shape
+    H = w_hh.shape[0]
+    return x.new_empty((T, B, H)), x.new_empty((B, H))
+
+
+@torch.library.register_fake("charrnn::rnn_tanh_backward")
+def _backward_fake(grad_output, grad_h_n, x, h0, w_ih, w_hh, output):
+    for name, t, shape in (("grad_output", grad_output, "[T, B, H]"), ("grad_h_n", grad_h_n, "[B, H]"),
+                           ("h0", h0, "[B, H]"), ("w_ih", w_ih, "[H, E]"), ("w_hh", w_hh, "[H, H]"),
+                           ("output", output, "[T, B, H]")):
+        _check_like(x, name, t, shape)
+    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[:1]))
+
+
+class RNNTanhFunction(torch.autograd.Function):
+    """(x, h0, w_ih, w_hh, b_ih, b_hh) -> (output, h_n) through the fused kernels.
+
+    Shapes: x [T, B, E], h0 [B, H], w_ih [H, E], w_hh [H, H], b_ih/b_hh [H] or None;
+    output [T, B, H], h_n [B, H]. Once differentiable: the backward is itself a fused op
+    without a derivative.
+    """
+
+    @staticmethod
+    def forward(x, h0, w_ih, w_hh, b_ih, b_hh):
+        return _FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, h0, w_ih, w_hh, b_ih, b_hh = inputs
+        ctx.save_for_backward(x, h0, w_ih, w_hh, output[0])
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        ctx.set_materialize_grads(True)
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_h_n):
+        if torch.is_grad_enabled() and any(ctx.needs_input_grad):
+            raise RuntimeError("charrnn: double backward (create_graph=True) through rnn_tanh is not "
+                               "supported; use torch.nn.RNN where second derivatives are needed")
+        x, h0, w_ih, w_hh, output = ctx.saved_tensors
+        dx, dh0, dw_ih, dw_hh, db = _BACKWARD(grad_output, grad_h_n, x, h0, w_ih, w_hh, output)
+        return (dx, dh0, dw_ih, dw_hh, db if ctx.has_bias[0] else None,
+                db if ctx.has_bias[1] else None)
+
+
+def rnn_tanh(x, h0, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One tanh-RNN layer over a whole window: h_t = tanh(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh).
+
+    x [T, B, E] (time-major), h0 [B, H], w_ih [H, E], w_hh [H, H], b_ih/b_hh [H] or None.
+    Returns (output [T, B, H], h_n [B, H]); differentiable in all six tensors.
+    """
+    return RNNTanhFunction.apply(x, h0, w_ih, w_hh, b_ih, b_hh)

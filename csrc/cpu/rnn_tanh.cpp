@@ -1,0 +1,178 @@
+// CPU kernels of the fused tanh RNN: big products through ATen, the two sequential sweeps
+// through BLAS called directly, elementwise work vectorised with at::vec and split with
+// at::parallel_for.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include "../rnn_tanh.h"
+
+// The per-step product is small ([B, H] x [H, H]); through at::mm it pays a few µs of
+// dispatch, view and shape bookkeeping every step, which at B=1..32 costs more than the
+// product itself. Fortran BLAS is what at::mm ends in on CPU (MKL in the x86 wheels,
+// OpenBLAS elsewhere), and libtorch_cpu exports it, so the sweeps call it straight.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc);
+}
+
+namespace charrnn {
+namespace {
+
+void blas_gemm(const char* ta, const char* tb, int m, int n, int k, const float* a, int lda,
+               const float* b, int ldb, float beta, float* c, int ldc) {
+  const float one = 1.f;
+  sgemm_(ta, tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+void blas_gemm(const char* ta, const char* tb, int m, int n, int k, const double* a, int lda,
+               const double* b, int ldb, double beta, double* c, int ldc) {
+  const double one = 1.0;
+  dgemm_(ta, tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+// Row-major c[B, H] (+)= h[B, H] @ w_hh^T. BLAS is column-major, where a row-major buffer
+// reads as its transpose: the product there is c^T = w_hh h^T, so w_hh's buffer goes in "T".
+template <typename scalar_t>
+void step_times_w_hh_t(const scalar_t* h, const scalar_t* w_hh, scalar_t* c, int B, int H,
+                       scalar_t beta) {
+  blas_gemm("T", "N", H, B, H, w_hh, H, h, H, beta, c, H);
+}
+
+// Row-major c[B, H] (+)= a[B, H] @ w_hh, that is c^T = w_hh^T a^T in column-major.
+template <typename scalar_t>
+void step_times_w_hh(const scalar_t* a, const scalar_t* w_hh, scalar_t* c, int B, int H,
+                     scalar_t beta) {
+  blas_gemm("N", "N", H, B, H, w_hh, H, a, H, beta, c, H);
+}
+
+// Below this many elements a step's pointwise work stays on one thread: waking the pool
+// costs more than it saves.
+constexpr int64_t kPointwiseGrain = 16384;
+
+template <typename scalar_t>
+void tanh_inplace(scalar_t* p, int64_t n) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  at::parallel_for(0, n, kPointwiseGrain, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    for (; i + Vec::size() <= end; i += Vec::size()) Vec::loadu(p + i).tanh().store(p + i);
+    if (i < end) {
+      Vec v = Vec::loadu(p + i, end - i).tanh();
+      v.store(p + i, end - i);
+    }
+  });
+}
+
+// a = (a + extra) * (1 - h^2); extra may be null.
+template <typename scalar_t>
+void times_tanh_grad(scalar_t* a, const scalar_t* extra, const scalar_t* h, int64_t n) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  at::parallel_for(0, n, kPointwiseGrain, [&](int64_t begin, int64_t end) {
+    const Vec one(scalar_t(1));
+    for (int64_t i = begin; i < end; i += Vec::size()) {
+      const int64_t len = std::min<int64_t>(Vec::size(), end - i);
+      Vec v = Vec::loadu(a + i, len);
+      if (extra) v = v + Vec::loadu(extra + i, len);
+      const Vec hv = Vec::loadu(h + i, len);
+      (v * (one - hv * hv)).store(a + i, len);
+    }
+  });
+}
+
+void check_blas_size(int64_t n, const char* what) {
+  TORCH_CHECK_VALUE(n <= std::numeric_limits<int>::max(), "charrnn: ", what, " = ", n,
+                    " exceeds the 32-bit BLAS index range");
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
+    const at::Tensor& x_in, const at::Tensor& h0_in, const at::Tensor& w_ih_in,
+    const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh) {
+  check_forward_args(x_in, h0_in, w_ih_in, w_hh_in, b_ih, b_hh);
+  const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(),
+                   w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), E = x.size(2), H = w_hh.size(0);
+  check_blas_size(B * H, "B * H");
+
+  // The input projection of all T steps is one GEMM, written straight into the output
+  // buffer; the sweep then adds h_{t-1} w_hh^T into each step's slice and applies tanh.
+  at::Tensor output = at::empty({T, B, H}, x.options());
+  at::Tensor out2d = output.view({T * B, H});
+  const at::Tensor x2d = x.view({T * B, E});
+  if (b_ih.has_value() || b_hh.has_value()) {
+    const at::Tensor bias = b_ih.has_value() && b_hh.has_value() ? *b_ih + *b_hh
+                            : b_ih.has_value()                   ? *b_ih
+                                                                 : *b_hh;
+    at::addmm_out(out2d, bias, x2d, w_ih.t());
+  } else {
+    at::mm_out(out2d, x2d, w_ih.t());
+  }
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_forward_cpu", [&] {
+    scalar_t* out = output.data_ptr<scalar_t>();
+    const scalar_t* w = w_hh.const_data_ptr<scalar_t>();
+    const scalar_t* h_prev = h0.const_data_ptr<scalar_t>();
+    const int64_t step = B * H;
+    for (int64_t t = 0; t < T; ++t) {
+      scalar_t* h_t = out + t * step;
+      step_times_w_hh_t<scalar_t>(h_prev, w, h_t, B, H, scalar_t(1));
+      tanh_inplace(h_t, step);
+      h_prev = h_t;
+    }
+  });
+  return {output, output[T - 1].clone()};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cpu(
+    const at::Tensor& grad_output_in, const at::Tensor& grad_h_n_in, const at::Tensor& x_in,
+    const at::Tensor& h0_in, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
+    const at::Tensor& output_in) {
+  check_backward_args(grad_output_in, grad_h_n_in, x_in, h0_in, w_ih_in, w_hh_in, output_in);
+  const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(),
+                   w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous(),
+                   output = output_in.contiguous(), grad_h_n = grad_h_n_in.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), E = x.size(2), H = w_hh.size(0);
+  check_blas_size(B * H, "B * H");
+
+  // a_t = (g_t + a_{t+1} w_hh) * (1 - h_t^2), built in place over a copy of grad_output.
+  at::Tensor a = grad_output_in.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_backward_cpu", [&] {
+    scalar_t* a_ptr = a.data_ptr<scalar_t>();
+    const scalar_t* h = output.const_data_ptr<scalar_t>();
+    const scalar_t* w = w_hh.const_data_ptr<scalar_t>();
+    const int64_t step = B * H;
+    times_tanh_grad(a_ptr + (T - 1) * step, grad_h_n.const_data_ptr<scalar_t>(),
+                    h + (T - 1) * step, step);
+    for (int64_t t = T - 2; t >= 0; --t) {
+      scalar_t* a_t = a_ptr + t * step;
+      step_times_w_hh<scalar_t>(a_t + step, w, a_t, B, H, scalar_t(1));
+      times_tanh_grad<scalar_t>(a_t, nullptr, h + t * step, step);
+    }
+  });
+
+  // Everything else is one GEMM or one reduction over all T * B rows.
+  const at::Tensor a2d = a.view({T * B, H});
+  at::Tensor dh0 = at::mm(a[0], w_hh);
+  at::Tensor dw_hh = at::mm(a[0].t(), h0);
+  if (T > 1) {
+    dw_hh.addmm_(a.narrow(0, 1, T - 1).view({(T - 1) * B, H}).t(),
+                 output.narrow(0, 0, T - 1).view({(T - 1) * B, H}));
+  }
+  at::Tensor dw_ih = at::mm(a2d.t(), x.view({T * B, E}));
+  at::Tensor dx = at::mm(a2d, w_ih).view({T, B, E});
+  at::Tensor db = a2d.sum(0);
+  return {dx, dh0, dw_ih, dw_hh, db};
+}
+
+TORCH_LIBRARY_IMPL(charrnn, CPU, m) {
+  m.impl("rnn_tanh_forward", &rnn_tanh_forward_cpu);
+  m.impl("rnn_tanh_backward", &rnn_tanh_backward_cpu);
+}
+
+}  // namespace charrnn

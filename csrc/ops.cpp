@@ -1,0 +1,105 @@
+// The op schemas (one place for every device) and the checks all kernels share.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "rnn_tanh.h"
+
+namespace charrnn {
+
+namespace {
+
+void check_tensor(const at::Tensor& t, const char* name, int64_t dim, const char* shape,
+                  const at::Tensor& like) {
+  TORCH_CHECK_VALUE(t.dim() == dim, "charrnn: ", name, " must have shape ", shape,
+                    " (", dim, " dimensions), got shape ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), "charrnn: ", name,
+                   " must have the dtype of x (", like.scalar_type(), "), got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == like.device(), "charrnn: ", name,
+                    " must be on the device of x (", like.device(), "), got ", t.device());
+}
+
+void check_size(const at::Tensor& t, const char* name, int64_t d, int64_t expected,
+                const char* shape) {
+  TORCH_CHECK_VALUE(t.size(d) == expected, "charrnn: ", name, " must have shape ", shape,
+                    " with size ", expected, " in dimension ", d, ", got shape ", t.sizes());
+}
+
+}  // namespace
+
+void check_forward_args(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                        const std::optional<at::Tensor>& b_hh) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                   "charrnn: x must be float32 or float64, got ", x.scalar_type());
+  check_tensor(x, "x", 3, "[T, B, E]", x);
+  TORCH_CHECK_VALUE(x.size(0) > 0 && x.size(1) > 0, "charrnn: x [T, B, E] needs T > 0 and B > 0, got shape ",
+                    x.sizes());
+  const int64_t B = x.size(1), E = x.size(2);
+  check_tensor(w_hh, "w_hh", 2, "[H, H]", x);
+  const int64_t H = w_hh.size(0);
+  TORCH_CHECK_VALUE(H > 0, "charrnn: w_hh [H, H] needs H > 0, got shape ", w_hh.sizes());
+  check_size(w_hh, "w_hh", 1, H, "[H, H]");
+  check_tensor(h0, "h0", 2, "[B, H]", x);
+  check_size(h0, "h0", 0, B, "[B, H] (B from x [T, B, E])");
+  check_size(h0, "h0", 1, H, "[B, H] (H from w_hh [H, H])");
+  check_tensor(w_ih, "w_ih", 2, "[H, E]", x);
+  check_size(w_ih, "w_ih", 0, H, "[H, E] (H from w_hh [H, H])");
+  check_size(w_ih, "w_ih", 1, E, "[H, E] (E from x [T, B, E])");
+  for (const auto& [b, name] : {std::pair{&b_ih, "b_ih"}, std::pair{&b_hh, "b_hh"}}) {
+    if (b->has_value()) {
+      check_tensor(**b, name, 1, "[H]", x);
+      check_size(**b, name, 0, H, "[H] (H from w_hh [H, H])");
+    }
+  }
+}
+
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                         const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+                         const at::Tensor& w_hh, const at::Tensor& output) {
+  check_forward_args(x, h0, w_ih, w_hh, std::nullopt, std::nullopt);
+  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(0);
+  for (const auto& [t, name] : {std::pair{&output, "output"}, std::pair{&grad_output, "grad_output"}}) {
+    check_tensor(*t, name, 3, "[T, B, H]", x);
+    check_size(*t, name, 0, T, "[T, B, H]");
+    check_size(*t, name, 1, B, "[T, B, H]");
+    check_size(*t, name, 2, H, "[T, B, H]");
+  }
+  check_tensor(grad_h_n, "grad_h_n", 2, "[B, H]", x);
+  check_size(grad_h_n, "grad_h_n", 0, B, "[B, H]");
+  check_size(grad_h_n, "grad_h_n", 1, H, "[B, H]");
+}
+
+TORCH_LIBRARY(charrnn, m) {
+  m.def("rnn_tanh_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh)"
+        " -> (Tensor output, Tensor h_n)");
+  m.def("rnn_tanh_backward(Tensor grad_output, Tensor grad_h_n, Tensor x, Tensor h0, Tensor w_ih,"
+        " Tensor w_hh, Tensor output) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db)");
+}
+
+}  // namespace charrnn
+
+#ifdef TORCH_EXTENSION_NAME  // only the Python extension build; the CMake build has no Python
+#include <torch/extension.h>
+#include <torch/version.h>
+
+#ifndef CHARRNN_CUDA_ARCH_LIST
+#define CHARRNN_CUDA_ARCH_LIST ""
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "charrnn_ext compiled kernels; importing this module registers torch.ops.charrnn";
+  m.def("build_info", [] {
+    pybind11::dict info;
+    info["torch_version"] = TORCH_VERSION;
+#ifdef CHARRNN_WITH_CUDA
+    info["cuda"] = true;
+#else
+    info["cuda"] = false;
+#endif
+    info["cuda_arch_list"] = CHARRNN_CUDA_ARCH_LIST;
+    return info;
+  }, "The torch version the extension was compiled against, whether CUDA kernels were "
+     "compiled, and the CUDA architectures they were compiled for.");
+}
+#endif

@@ -1,0 +1,41 @@
+// Fused tanh (Elman) RNN over a whole truncated-BPTT window. Math: DESIGN.md.
+// Shapes: T steps, B batch rows, E input features, H hidden units; time-major.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+#include <tuple>
+
+namespace charrnn {
+
+// Returns (output, h_n).
+std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
+    const at::Tensor& x,                    // [T, B, E]
+    const at::Tensor& h0,                   // [B, H]
+    const at::Tensor& w_ih,                 // [H, E]
+    const at::Tensor& w_hh,                 // [H, H]
+    const std::optional<at::Tensor>& b_ih,  // [H] or None
+    const std::optional<at::Tensor>& b_hh); // [H] or None
+// output [T, B, H] (h_1..h_T), h_n [B, H] (a copy of h_T, not a view)
+
+// Returns (dx, dh0, dw_ih, dw_hh, db); db is the gradient of b_ih and of b_hh alike.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cpu(
+    const at::Tensor& grad_output,  // [T, B, H]  dL/dh_t through output
+    const at::Tensor& grad_h_n,     // [B, H]     dL/dh_T through h_n
+    const at::Tensor& x,            // [T, B, E]  forward input
+    const at::Tensor& h0,           // [B, H]     forward initial state
+    const at::Tensor& w_ih,         // [H, E]
+    const at::Tensor& w_hh,         // [H, H]
+    const at::Tensor& output);      // [T, B, H]  forward output
+// dx [T, B, E], dh0 [B, H], dw_ih [H, E], dw_hh [H, H], db [H]
+
+// Argument validation shared by every device's kernels; throws c10::Error (a Python
+// RuntimeError/ValueError) naming the argument, its shape and what was expected.
+void check_forward_args(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                        const std::optional<at::Tensor>& b_hh);
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                         const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+                         const at::Tensor& w_hh, const at::Tensor& output);
+
+}  // namespace charrnn
