@@ -35,50 +35,57 @@ void blas_gemm(const char* ta, const char* tb, int m, int n, int k, const double
   dgemm_(ta, tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
 }
 
-// Row-major c[B, H] (+)= h[B, H] @ w_hh^T. BLAS is column-major, where a row-major buffer
-// reads as its transpose: the product there is c^T = w_hh h^T, so w_hh's buffer goes in "T".
-template <typename scalar_t>
-void step_times_w_hh_t(const scalar_t* h, const scalar_t* w_hh, scalar_t* c, int B, int H,
-                       scalar_t beta) {
-  blas_gemm("T", "N", H, B, H, w_hh, H, h, H, beta, c, H);
+// Each step is split by hidden units (columns of h_t) across threads: a thread multiplies
+// its rows of w_hh and applies the pointwise part to its own columns while they are still in
+// cache, so a step costs one parallel region. BLAS runs single-threaded inside it (MKL and
+// OpenBLAS do when called from a parallel region), and below kSerialStepWork multiply-adds
+// a step stays on the calling thread, where waking the pool would cost more than it saves.
+constexpr int64_t kSerialStepWork = 1 << 17;
+
+int64_t column_grain(int64_t B, int64_t H) {
+  return B * H * H < kSerialStepWork ? H : std::max<int64_t>(8, kSerialStepWork / (B * H));
 }
 
-// Row-major c[B, H] (+)= a[B, H] @ w_hh, that is c^T = w_hh^T a^T in column-major.
+// h_t = tanh(h_t + h_prev w_hh^T) for h_t, h_prev [B, H] row-major, h_t holding the input
+// projection. BLAS is column-major, where a row-major buffer reads as its transpose: the
+// columns [j0, j1) of h_t are rows of h_t^T = w_hh[j0:j1] h_prev^T, w_hh's rows read "T".
 template <typename scalar_t>
-void step_times_w_hh(const scalar_t* a, const scalar_t* w_hh, scalar_t* c, int B, int H,
-                     scalar_t beta) {
-  blas_gemm("N", "N", H, B, H, w_hh, H, a, H, beta, c, H);
-}
-
-// Below this many elements a step's pointwise work stays on one thread: waking the pool
-// costs more than it saves.
-constexpr int64_t kPointwiseGrain = 16384;
-
-template <typename scalar_t>
-void tanh_inplace(scalar_t* p, int64_t n) {
+void forward_step(const scalar_t* h_prev, const scalar_t* w_hh, scalar_t* h_t, int64_t B,
+                  int64_t H) {
   using Vec = at::vec::Vectorized<scalar_t>;
-  at::parallel_for(0, n, kPointwiseGrain, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    for (; i + Vec::size() <= end; i += Vec::size()) Vec::loadu(p + i).tanh().store(p + i);
-    if (i < end) {
-      Vec v = Vec::loadu(p + i, end - i).tanh();
-      v.store(p + i, end - i);
+  at::parallel_for(0, H, column_grain(B, H), [&](int64_t j0, int64_t j1) {
+    const int n = static_cast<int>(j1 - j0);
+    blas_gemm("T", "N", n, B, H, w_hh + j0 * H, H, h_prev, H, scalar_t(1), h_t + j0, H);
+    for (int64_t b = 0; b < B; ++b) {
+      scalar_t* row = h_t + b * H + j0;
+      for (int64_t i = 0; i < n; i += Vec::size()) {
+        const int64_t len = std::min<int64_t>(Vec::size(), n - i);
+        Vec::loadu(row + i, len).tanh().store(row + i, len);
+      }
     }
   });
 }
 
-// a = (a + extra) * (1 - h^2); extra may be null.
+// a_t = (a_t + extra + a_next w_hh) * (1 - h_t^2) for [B, H] row-major buffers; a_t holds
+// g_t on entry; extra (g_n) and a_next may be null. Columns [j0, j1) of a_next w_hh are
+// (w_hh[:, j0:j1])^T a_next^T in column-major, w_hh's columns read "N" from offset j0.
 template <typename scalar_t>
-void times_tanh_grad(scalar_t* a, const scalar_t* extra, const scalar_t* h, int64_t n) {
+void backward_step(const scalar_t* a_next, const scalar_t* extra, const scalar_t* h_t,
+                   const scalar_t* w_hh, scalar_t* a_t, int64_t B, int64_t H) {
   using Vec = at::vec::Vectorized<scalar_t>;
-  at::parallel_for(0, n, kPointwiseGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, H, column_grain(B, H), [&](int64_t j0, int64_t j1) {
+    const int n = static_cast<int>(j1 - j0);
+    if (a_next) blas_gemm("N", "N", n, B, H, w_hh + j0, H, a_next, H, scalar_t(1), a_t + j0, H);
     const Vec one(scalar_t(1));
-    for (int64_t i = begin; i < end; i += Vec::size()) {
-      const int64_t len = std::min<int64_t>(Vec::size(), end - i);
-      Vec v = Vec::loadu(a + i, len);
-      if (extra) v = v + Vec::loadu(extra + i, len);
-      const Vec hv = Vec::loadu(h + i, len);
-      (v * (one - hv * hv)).store(a + i, len);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t off = b * H + j0;
+      for (int64_t i = 0; i < n; i += Vec::size()) {
+        const int64_t len = std::min<int64_t>(Vec::size(), n - i);
+        Vec v = Vec::loadu(a_t + off + i, len);
+        if (extra) v = v + Vec::loadu(extra + off + i, len);
+        const Vec h = Vec::loadu(h_t + off + i, len);
+        (v * (one - h * h)).store(a_t + off + i, len);
+      }
     }
   });
 }
@@ -118,12 +125,9 @@ std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
     scalar_t* out = output.data_ptr<scalar_t>();
     const scalar_t* w = w_hh.const_data_ptr<scalar_t>();
     const scalar_t* h_prev = h0.const_data_ptr<scalar_t>();
-    const int64_t step = B * H;
     for (int64_t t = 0; t < T; ++t) {
-      scalar_t* h_t = out + t * step;
-      step_times_w_hh_t<scalar_t>(h_prev, w, h_t, B, H, scalar_t(1));
-      tanh_inplace(h_t, step);
-      h_prev = h_t;
+      forward_step(h_prev, w, out + t * B * H, B, H);
+      h_prev = out + t * B * H;
     }
   });
   return {output, output[T - 1].clone()};
@@ -141,18 +145,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
   check_blas_size(B * H, "B * H");
 
   // a_t = (g_t + a_{t+1} w_hh) * (1 - h_t^2), built in place over a copy of grad_output.
-  at::Tensor a = grad_output_in.contiguous().clone();
+  // One allocation even when grad_output is an expanded view (the gradient of out.sum()).
+  at::Tensor a = grad_output_in.clone(at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_backward_cpu", [&] {
     scalar_t* a_ptr = a.data_ptr<scalar_t>();
     const scalar_t* h = output.const_data_ptr<scalar_t>();
     const scalar_t* w = w_hh.const_data_ptr<scalar_t>();
     const int64_t step = B * H;
-    times_tanh_grad(a_ptr + (T - 1) * step, grad_h_n.const_data_ptr<scalar_t>(),
-                    h + (T - 1) * step, step);
+    backward_step<scalar_t>(nullptr, grad_h_n.const_data_ptr<scalar_t>(), h + (T - 1) * step, w,
+                            a_ptr + (T - 1) * step, B, H);
     for (int64_t t = T - 2; t >= 0; --t) {
-      scalar_t* a_t = a_ptr + t * step;
-      step_times_w_hh<scalar_t>(a_t + step, w, a_t, B, H, scalar_t(1));
-      times_tanh_grad<scalar_t>(a_t, nullptr, h + t * step, step);
+      backward_step<scalar_t>(a_ptr + (t + 1) * step, nullptr, h + t * step, w, a_ptr + t * step,
+                              B, H);
     }
   });
 

@@ -1,0 +1,111 @@
+// Forward and backward of one small case through the dispatcher (torch::ops charrnn::*),
+// against plain loops of DESIGN.md's equations in double precision.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+namespace {
+
+using Vec = std::vector<double>;
+
+Vec to_vec(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  return Vec(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+double max_diff(const at::Tensor& got, const Vec& want) {
+  const Vec g = to_vec(got);
+  if (g.size() != want.size()) return INFINITY;
+  double m = 0;
+  for (size_t i = 0; i < g.size(); ++i) m = std::max(m, std::abs(g[i] - want[i]));
+  return m;
+}
+
+}  // namespace
+
+int main() {
+  const int T = 4, B = 3, E = 5, H = 7;
+  at::manual_seed(0);
+  const auto opt = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor x = at::randn({T, B, E}, opt), h0 = at::randn({B, H}, opt);
+  at::Tensor w_ih = at::randn({H, E}, opt) * 0.5, w_hh = at::randn({H, H}, opt) * 0.3;
+  at::Tensor b_ih = at::randn({H}, opt), b_hh = at::randn({H}, opt);
+  at::Tensor g_out = at::randn({T, B, H}, opt), g_hn = at::randn({B, H}, opt);
+
+  auto fwd = c10::Dispatcher::singleton()
+                 .findSchemaOrThrow("charrnn::rnn_tanh_forward", "")
+                 .typed<std::tuple<at::Tensor, at::Tensor>(
+                     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>();
+  auto bwd = c10::Dispatcher::singleton()
+                 .findSchemaOrThrow("charrnn::rnn_tanh_backward", "")
+                 .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                     const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  auto [output, h_n] = fwd.call(x, h0, w_ih, w_hh, b_ih, b_hh);
+  auto [dx, dh0, dw_ih, dw_hh, db] = bwd.call(g_out, g_hn, x, h0, w_ih, w_hh, output);
+
+  const Vec X = to_vec(x), H0 = to_vec(h0), Wi = to_vec(w_ih), Wh = to_vec(w_hh),
+            Bi = to_vec(b_ih), Bh = to_vec(b_hh), G = to_vec(g_out), GN = to_vec(g_hn);
+  // forward: hs[t] holds h_t for t = 0..T (hs[0] = h0)
+  std::vector<Vec> hs(T + 1, Vec(B * H));
+  hs[0] = H0;
+  for (int t = 0; t < T; ++t)
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < H; ++i) {
+        double s = Bi[i] + Bh[i];
+        for (int e = 0; e < E; ++e) s += X[(t * B + b) * E + e] * Wi[i * E + e];
+        for (int j = 0; j < H; ++j) s += hs[t][b * H + j] * Wh[i * H + j];
+        hs[t + 1][b * H + i] = std::tanh(s);
+      }
+  Vec want_out;
+  for (int t = 1; t <= T; ++t) want_out.insert(want_out.end(), hs[t].begin(), hs[t].end());
+  // backward
+  Vec dnext = GN, want_dx(T * B * E, 0), want_dwi(H * E, 0), want_dwh(H * H, 0), want_db(H, 0);
+  for (int t = T - 1; t >= 0; --t) {
+    Vec a(B * H);
+    for (int k = 0; k < B * H; ++k)
+      a[k] = (G[t * B * H + k] + dnext[k]) * (1 - hs[t + 1][k] * hs[t + 1][k]);
+    Vec next(B * H, 0);
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < H; ++i) {
+        const double ai = a[b * H + i];
+        want_db[i] += ai;
+        for (int j = 0; j < H; ++j) {
+          want_dwh[i * H + j] += ai * hs[t][b * H + j];
+          next[b * H + j] += ai * Wh[i * H + j];
+        }
+        for (int e = 0; e < E; ++e) {
+          want_dwi[i * E + e] += ai * X[(t * B + b) * E + e];
+          want_dx[(t * B + b) * E + e] += ai * Wi[i * E + e];
+        }
+      }
+    dnext = next;
+  }
+
+  struct Check { const char* name; double err; } checks[] = {
+      {"output", max_diff(output, want_out)}, {"h_n", max_diff(h_n, hs[T])},
+      {"dx", max_diff(dx, want_dx)},          {"dh0", max_diff(dh0, dnext)},
+      {"dw_ih", max_diff(dw_ih, want_dwi)},   {"dw_hh", max_diff(dw_hh, want_dwh)},
+      {"db", max_diff(db, want_db)}};
+  int failures = 0;
+  for (const auto& c : checks) {
+    const bool ok = c.err <= 1e-12;
+    failures += !ok;
+    std::printf("%-6s max abs error %.3g %s\n", c.name, c.err, ok ? "ok" : "FAIL");
+  }
+  // A bad shape is reported as an exception that names the argument.
+  try {
+    fwd.call(x, h0.t(), w_ih, w_hh, b_ih, b_hh);
+    std::printf("bad h0 shape: no error FAIL\n");
+    ++failures;
+  } catch (const c10::Error& e) {
+    const bool ok = std::string(e.what()).find("h0") != std::string::npos;
+    failures += !ok;
+    std::printf("bad h0 shape: %s\n", ok ? "error names h0, ok" : "error does not name h0 FAIL");
+  }
+  return failures == 0 ? 0 : 1;
+}
