@@ -1,4 +1,6 @@
 """charrnn_ext: a fused tanh-RNN op for PyTorch (CPU and CUDA) and a char-rnn toolkit."""
+import torch  # loads libtorch and libc10, which _C links against
+
 try:
     from . import _C  # registers torch.ops.charrnn.*
 except ImportError as e:  # pragma: no cover - exercised only on a broken install

@@ -11,7 +11,7 @@ def _check_like(x, name, t, shape):
     if t.device != x.device or t.dtype != x.dtype:
         raise ValueError(f"charrnn: {name} {shape} must match x's device {x.device} and dtype "
                          f"{x.dtype}, got {t.device} and {t.dtype}")
-    if t.dim() != len(shape):
+    if t.dim() != shape.count(",") + 1:
         raise ValueError(f"charrnn: {name} must have shape {shape}, got {tuple(t.shape)}")
 
 
@@ -34,8 +34,9 @@ def _backward_fake(grad_output, grad_h_n, x, h0, w_ih, w_hh, output):
                            ("h0", h0, "[B, H]"), ("w_ih", w_ih, "[H, E]"), ("w_hh", w_hh, "[H, H]"),
                            ("output", output, "[T, B, H]")):
         _check_like(x, name, t, shape)
-    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[:1]))
+    # The kernels return contiguous gradients whatever the inputs' strides.
+    return (x.new_empty(x.shape), h0.new_empty(h0.shape), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[:1]))
 
 
 class RNNTanhFunction(torch.autograd.Function):
