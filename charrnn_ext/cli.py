@@ -1,0 +1,237 @@
+"""`charrnn train | sample | info | bench` (also `python -m charrnn_ext ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  CHARRNN_DATA_DIR=DIR charrnn train --out runs/shakespeare     # tiny shakespeare, 10 minutes
+  charrnn train --data my.txt --time-limit 120 --out runs/mine
+  charrnn train --resume runs/mine --time-limit 600               # continue where it stopped
+  charrnn sample runs/mine --prime "ROMEO:" --temperature 0.8
+  charrnn info runs/mine/best.pt
+"""
+
+# (flag, config field, type, help); defaults come from TrainConfig so they cannot drift.
+TRAIN_FLAGS = [
+    ("--data", "data", str, "UTF-8 text file to train on (default: the --corpus)"),
+    ("--corpus", "corpus", str, "named corpus, found in --data-dir, $CHARRNN_DATA_DIR or ~/.cache/charrnn, "
+                                "else downloaded"),
+    ("--data-dir", "data_dir", str, "directory to look in first for the named corpus (default: none)"),
+    ("--encoding-errors", "encoding_errors", str, "invalid UTF-8: strict (error with the byte offset), "
+                                                  "replace or ignore"),
+    ("--val-frac", "val_frac", float, "fraction of the text (its end) held out for validation"),
+    ("--test-frac", "test_frac", float, "fraction held out for a final test loss"),
+    ("--out", "out", str, "directory for checkpoints (last.pt, best.pt), metrics.jsonl and loss.png"),
+    ("--cell", "cell", str, "rnn (fused tanh RNN), rnn-torch (torch.nn.RNN), gru or lstm"),
+    ("--hidden-size", "hidden_size", int, "hidden units per layer"),
+    ("--num-layers", "num_layers", int, "recurrent layers"),
+    ("--embedding-size", "embedding_size", int, "character embedding size; 0 for one-hot input"),
+    ("--dropout", "dropout", float, "dropout between layers and before the softmax head"),
+    ("--seq-len", "seq_len", int, "window length (steps of truncated backpropagation through time)"),
+    ("--batch-size", "batch_size", int, "parallel text columns per window"),
+    ("--optimizer", "optimizer", str, "adam, adagrad, rmsprop or sgd"),
+    ("--lr", "lr", float, "learning rate"),
+    ("--lr-decay", "lr_decay", float, "per-epoch decay: lr * lr_decay**epoch"),
+    ("--momentum", "momentum", float, "sgd momentum"),
+    ("--weight-decay", "weight_decay", float, "L2 weight decay"),
+    ("--grad-clip", "grad_clip", float, "gradient clipping threshold; 0 disables"),
+    ("--clip-mode", "clip_mode", str, "norm (global L2 norm) or value (elementwise, as min-char-rnn)"),
+    ("--loss-reduction", "loss_reduction", str, "mean over characters, or sum over the window (min-char-rnn)"),
+    ("--max-steps", "max_steps", int, "stop after this many optimizer steps in total"),
+    ("--max-epochs", "max_epochs", int, "stop after this many epochs"),
+    ("--time-limit", "time_limit", float, "stop after this many seconds of this run; 0: no limit"),
+    ("--eval-every", "eval_every", int, "validate and checkpoint every N steps (0: only at the end)"),
+    ("--eval-windows", "eval_windows", int, "at most this many validation windows per evaluation"),
+    ("--log-every", "log_every", int, "write a metrics line every N steps"),
+    ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
+    ("--dtype", "dtype", str, "float32 or float64"),
+    ("--seed", "seed", int, "random seed (initialisation, dropout)"),
+    ("--threads", "threads", int, "CPU threads for torch (default: torch's choice)"),
+    ("--max-nonfinite", "max_nonfinite", int, "stop after this many non-finite steps in a row"),
+]
+
+CHOICES = {"cell": ["rnn", "rnn-torch", "gru", "lstm"], "optimizer": ["adam", "adagrad", "rmsprop", "sgd"],
+           "clip_mode": ["norm", "value"], "loss_reduction": ["mean", "sum"],
+           "dtype": ["float32", "float64"], "encoding_errors": ["strict", "replace", "ignore"]}
+
+
+class CLIError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    p = argparse.ArgumentParser(prog="charrnn", description="Character-level RNN language models: "
+                                "train on a text file, sample from the model.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a model", description="Train a character-level model. "
+                       "Ctrl-C writes a checkpoint and stops; --resume continues exactly.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    for flag, name, typ, text in TRAIN_FLAGS:
+        d = defaults[name]
+        # SUPPRESS keeps flags the user did not give out of the namespace, so --resume can
+        # tell an explicit override from a default.
+        t.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS, choices=CHOICES.get(name),
+                       metavar=None if name in CHOICES else name.upper().replace("_", "-"),
+                       help=text if "default" in text else f"{text} (default: {'none' if d is None else d})")
+    t.add_argument("--no-plot", dest="plot", action="store_false", default=argparse.SUPPRESS,
+                   help="do not write loss.png")
+    t.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                   help="no progress bar")
+    t.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                   help="continue from a checkpoint (a file, or a directory's last.pt; "
+                        "without a value: --out's last.pt)")
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint")
+    s.add_argument("checkpoint", help="checkpoint file, or a run directory (best.pt, else last.pt)")
+    s.add_argument("--prime", default="", help="text to start from (default: a newline)")
+    s.add_argument("--length", type=int, default=500, help="characters to generate (default: 500)")
+    s.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature; 0 picks the most likely character (default: 1.0)")
+    s.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely characters")
+    s.add_argument("--num-samples", type=int, default=1, help="independent samples (default: 1)")
+    s.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
+    s.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+
+    i = sub.add_parser("info", help="show a checkpoint's config, vocabulary, step and losses")
+    i.add_argument("checkpoint", help="checkpoint file or run directory")
+    i.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("bench", help="run the kernel benchmark (bench/bench_kernels.py of a source "
+                   "checkout); --train runs bench/bench_train.py; other arguments are passed on",
+                   add_help=False)
+    return p
+
+
+def _resolve_ckpt(path: str, prefer=("best.pt", "last.pt")) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        for name in prefer:
+            if (p / name).is_file():
+                return p / name
+        raise CLIError(f"no {' or '.join(prefer)} in {p}")
+    if not p.is_file():
+        raise CLIError(f"no checkpoint at {p}")
+    return p
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, Trainer
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
+    if "time_limit" in given and given["time_limit"] <= 0:
+        given["time_limit"] = None
+    if args.resume is not None:
+        src = args.resume or given.get("out", TrainConfig.out)
+        ckpt = _resolve_ckpt(src, prefer=("last.pt",))
+        trainer = Trainer(None, resume=ckpt, overrides=given)
+        print(f"resuming {ckpt} at step {trainer.step} (epoch {trainer.epoch})", file=sys.stderr)
+    else:
+        trainer = Trainer(TrainConfig(**given))
+    c = trainer.cfg
+    print(f"data {trainer.data_path}: {trainer.data_info['chars']:,} chars, vocab {len(trainer.vocab)}, "
+          f"{len(trainer.train_batches)} windows/epoch | {c.cell} {c.num_layers}x{c.hidden_size} "
+          f"emb {c.embedding_size}, {trainer.model.num_parameters():,} params | {trainer.device} | "
+          f"out {trainer.out}", file=sys.stderr)
+    summary = trainer.run()
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"stopped ({summary['stop']}) at step {summary['step']}, epoch {summary['epoch']}: "
+          f"train {fmt(summary['train_loss'])}, val {fmt(summary['val_loss'])}, "
+          f"best val {fmt(summary['best_val_loss'])}, {summary['chars_per_s']:,.0f} chars/s; "
+          f"checkpoints in {trainer.out}", file=sys.stderr)
+    return 130 if summary["stop"] == "interrupted" else 0
+
+
+def cmd_sample(args) -> int:
+    from .sample import sample_checkpoint
+    ckpt = _resolve_ckpt(args.checkpoint)
+    stream = sys.stdout if args.num_samples == 1 else None
+    texts = sample_checkpoint(ckpt, device=args.device, stream=stream, prime=args.prime,
+                              length=args.length, temperature=args.temperature, top_k=args.top_k,
+                              num_samples=args.num_samples, seed=args.seed)
+    if stream is None:
+        for n, text in enumerate(texts):
+            print(f"----- sample {n + 1} -----")
+            print(text)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .train import load_checkpoint
+    path = _resolve_ckpt(args.checkpoint)
+    ck = load_checkpoint(path)
+    nparams = sum(v.numel() for v in ck["model"].values())
+    info = {"checkpoint": str(path), "step": ck["step"], "epoch": ck["epoch"], "window": ck["window"],
+            "train_loss": ck["train_loss"], "val_loss": ck["val_loss"], "best_val_loss": ck["best_val_loss"],
+            "skipped_steps": ck["skipped_steps"], "parameters": nparams, "data": ck["data"],
+            "model_config": ck["model_config"], "config": ck["config"], "vocab": ck["vocab"],
+            "torch_version": ck.get("torch_version")}
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+    print(f"checkpoint   {path}")
+    print(f"step         {ck['step']} (epoch {ck['epoch']}, window {ck['window']})")
+    print(f"losses       train {fmt(ck['train_loss'])}  val {fmt(ck['val_loss'])}  "
+          f"best val {fmt(ck['best_val_loss'])}  (nats/char)")
+    print(f"model        {nparams:,} parameters")
+    print(f"data         {ck['data']['path']} ({ck['data']['chars']:,} chars)")
+    print(f"vocabulary   {len(ck['vocab'])} symbols: {''.join(ck['vocab'])!r}")
+    print("config")
+    for k, v in ck["config"].items():
+        print(f"  {k:16} {v}")
+    return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: charrnn bench [--train] [ARGS...]\n\n"
+              "Runs bench/bench_kernels.py (or, with --train, bench/bench_train.py) from the source\n"
+              "checkout this package lives in, with ARGS passed on (e.g. --quick, --out PATH).\n"
+              "`charrnn bench -- --help` shows the benchmark's own options.")
+        return 0
+    name = "bench_kernels.py"
+    if argv[:1] == ["--train"]:
+        name, argv = "bench_train.py", argv[1:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    script = Path(__file__).resolve().parent.parent / "bench" / name
+    if not script.is_file():
+        raise CLIError(f"`charrnn bench` runs bench/{name} from a source checkout, and there is none at "
+                       f"{script} (a regular, non-editable install has no bench/). Clone the repository, "
+                       f"`pip install -e .` it, or run `python bench/{name}` there.")
+    return subprocess.call([sys.executable, str(script), *argv])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from .data import CorpusError
+    from .train import TrainingError
+    try:
+        if argv[:1] == ["bench"]:
+            return cmd_bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command](args)
+    except (CLIError, CorpusError, TrainingError, ValueError, FileNotFoundError) as e:
+        print(f"charrnn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("charrnn: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `charrnn sample ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

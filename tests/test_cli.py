@@ -1,0 +1,91 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from charrnn_ext import cli
+from charrnn_ext.train import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "10",
+        "--eval-every", "3", "--log-every", "2", "--no-progress", "--seed", "0"]
+
+
+def test_train_sample_info_end_to_end(small_text, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(small_text), "--out", str(out), "--max-steps", "5", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "vocab 36" in err and "stopped (max_steps) at step 5" in err
+    assert {"last.pt", "best.pt", "metrics.jsonl", "loss.png"} <= {p.name for p in out.iterdir()}
+
+    assert cli.main(["sample", str(out), "--prime", "Café", "--length", "30", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("Café") and len(first) == len("Café") + 30 + 1
+    assert cli.main(["sample", str(out / "last.pt"), "--prime", "Café", "--length", "30", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == first  # best.pt == last.pt here, and the seed reproduces
+
+    assert cli.main(["sample", str(out), "--length", "10", "--num-samples", "3", "--temperature", "0.5",
+                     "--top-k", "5"]) == 0
+    assert capsys.readouterr().out.count("----- sample") == 3
+
+    assert cli.main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["step"] == 5 and info["config"]["hidden_size"] == 16 and "🙂" in info["vocab"]
+    assert cli.main(["info", str(out / "last.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "step         5" in text and "hidden_size" in text
+
+    # --resume without a value continues --out's last.pt
+    assert cli.main(["train", "--resume", "--out", str(out), "--max-steps", "7", "--no-progress"]) == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 7
+    assert "resuming" in capsys.readouterr().err
+
+
+def test_clear_errors(small_text, tmp_path, capsys):
+    assert cli.main(["train", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["train", "--data", str(small_text), "--batch-size", "500", "--seq-len", "100",
+                     "--out", str(tmp_path / "r")]) == 2
+    assert "too few" in capsys.readouterr().err
+    assert cli.main(["sample", str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--cell", "transformer"])
+    assert "invalid choice" in capsys.readouterr().err
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(small_text), "--out", str(out), "--max-steps", "1", *TINY]) == 0
+    assert cli.main(["sample", str(out), "--prime", "QXZ"]) == 2
+    assert "'Q', 'X', 'Z'" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(out), "--hidden-size", "32"]) == 2
+    assert "cannot change hidden_size" in capsys.readouterr().err
+
+
+def test_bench_finds_the_checkout_or_says_why(monkeypatch, tmp_path, capsys):
+    assert cli.main(["bench", "--help"]) == 0
+    assert "bench_kernels.py" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "charrnn_ext" / "cli.py"))
+    assert cli.main(["bench", "--quick"]) == 2
+    assert "source checkout" in capsys.readouterr().err
+
+    calls = []
+    monkeypatch.setattr(cli, "__file__", str(ROOT / "charrnn_ext" / "cli.py"))
+    monkeypatch.setattr(cli.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    if (ROOT / "bench" / "bench_kernels.py").is_file():
+        assert cli.main(["bench", "--quick", "--out", "x.json"]) == 0
+        assert calls[-1][1:] == [str(ROOT / "bench" / "bench_kernels.py"), "--quick", "--out", "x.json"]
+    if (ROOT / "bench" / "bench_train.py").is_file():
+        assert cli.main(["bench", "--train", "--time-limit", "5"]) == 0
+        assert calls[-1][1:] == [str(ROOT / "bench" / "bench_train.py"), "--time-limit", "5"]
+
+
+def test_python_dash_m_is_the_cli():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-m", "charrnn_ext", "train", "--help"], capture_output=True, text=True,
+                       env=env, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for flag in ("--data", "--corpus", "--cell", "--time-limit", "--resume", "--threads", "(default: rnn)"):
+        assert flag in r.stdout
