@@ -54,7 +54,9 @@ def want_cuda():
     return home
 
 
-cxx_flags = ["-O3", "-std=c++17"]
+# -fopenmp: at::parallel_for is a header template whose OpenMP pragmas are compiled into this
+# extension; without the flag every parallel_for here silently runs on one thread.
+cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
 if platform.machine() in ("x86_64", "AMD64"):
     # at::vec then uses AVX2 and torch's exported Sleef for tanh, 8 floats at a time.
     cxx_flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
@@ -70,9 +72,11 @@ if cuda_home and CUDA_SOURCES:
     defines = ["-DCHARRNN_WITH_CUDA", f'-DCHARRNN_CUDA_ARCH_LIST="{arch_list}"']
     ext = cpp_extension.CUDAExtension(
         "charrnn_ext._C", SOURCES + CUDA_SOURCES,
-        extra_compile_args={"cxx": cxx_flags + defines, "nvcc": ["-O3", "--use_fast_math"] + defines})
+        extra_compile_args={"cxx": cxx_flags + defines, "nvcc": ["-O3", "--use_fast_math"] + defines},
+        extra_link_args=["-fopenmp"])
 else:
-    ext = cpp_extension.CppExtension("charrnn_ext._C", SOURCES, extra_compile_args={"cxx": cxx_flags})
+    ext = cpp_extension.CppExtension("charrnn_ext._C", SOURCES, extra_compile_args={"cxx": cxx_flags},
+                                     extra_link_args=["-fopenmp"])
 
 setup(
     ext_modules=[ext],

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -83,66 +82,47 @@ def interleaved_medians(runs, device, min_time):
     samples = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
-            m = benchmark.Timer("run()", globals={"run": run}).timeit(1)
+            # Timer runs single-threaded unless told otherwise.
+            m = benchmark.Timer("run()", globals={"run": run}, num_threads=torch.get_num_threads()).timeit(1)
             samples[name].append(m.median)
     return {name: statistics.median(s) for name, s in samples.items()}, rounds
 
 
-def _status_kb(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def peak_memory_cpu(T, B, E, H):
-    """Peak resident bytes above the baseline during one forward+backward of each impl.
-
-    Runs in a subprocess (see __main__) with glibc's mmap threshold fixed low, so every
-    large tensor is mapped on allocation and unmapped on free and the resident high-water
-    mark (reset through /proc/self/clear_refs) follows live memory, the kernels' own
-    temporaries included.
-    """
-    import gc
-    impls = make_impls(T, B, E, H, "cpu")
+def peak_memory(T, B, E, H, device):
+    """Peak bytes held through torch's allocator during one forward+backward of each impl,
+    above what was held before it: the kernels' own temporaries included, since they
+    allocate through ATen too. CUDA: the allocator's peak counter; CPU: the profiler's
+    allocation records, summed in time order."""
     peaks = {}
-    for name, fn in impls.items():
+    for name, fn in make_impls(T, B, E, H, device).items():
         run = fwd_bwd(fn)
         run()
-        gc.collect()
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _status_kb("VmRSS")
-        run()
-        peaks[name] = (_status_kb("VmHWM") - base) * 1024
-    return peaks
-
-
-def peak_memory(T, B, E, H, device):
-    if device == "cuda":
-        peaks = {}
-        for name, fn in make_impls(T, B, E, H, device).items():
-            run = fwd_bwd(fn)
-            run()
+        if device == "cuda":
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             run()
             torch.cuda.synchronize()
             peaks[name] = torch.cuda.max_memory_allocated() - base
-        return peaks
-    if not Path("/proc/self/clear_refs").exists():
-        return {}
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(torch.get_num_threads()))
-    cmd = [sys.executable, __file__, "--_peak-memory", f"{T},{B},{E},{H}"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+            continue
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    profile_memory=True) as prof:
+            run()
+        records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                         if e.name() == "[memory]")
+        held = peak = 0
+        for _, nbytes in records:
+            held += nbytes
+            peak = max(peak, held)
+        peaks[name] = peak
+    return peaks
 
 
 def sgemm_gflops(device, n=2048):
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    m = benchmark.Timer("torch.mm(a, b)", globals={"a": a, "b": b, "torch": torch}).blocked_autorange(
-        min_run_time=1.0)
+    m = benchmark.Timer("torch.mm(a, b)", globals={"a": a, "b": b, "torch": torch},
+                        num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=1.0)
     return 2 * n ** 3 / m.median / 1e9
 
 
@@ -207,7 +187,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--_peak-memory":
-        print(json.dumps(peak_memory_cpu(*map(int, sys.argv[2].split(",")))))
-    else:
-        main()
+    main()
