@@ -26,7 +26,7 @@ BACKWARD = torch.ops.charrnn.rnn_tanh_backward
 REF_TOL = {torch.float64: (1e-10, 0.0), torch.float32: (2e-5, 2e-5)}
 
 # (T, B, E, H): T=1, B=1, H=1, H not a multiple of 8 (13, 37), E < H, E > H, E == H, and one
-# shape whose per-step B*H (16,899) is above the kernel's parallel_for grain (16,384).
+# shape whose per-step work B*H*H (2.2M) splits each step across threads on the CPU.
 SHAPES = [
     (1, 1, 1, 1),
     (1, 4, 5, 13),
@@ -158,6 +158,31 @@ def test_forward_backward_matches_reference(device, dtype, shape, layout, bias):
     for t, b in zip(inputs, before):
         if t is not None:
             torch.testing.assert_close(t.detach(), b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(150, 8, 7, 163), (70, 1, 3, 29), (5, 200, 9, 11)], ids=shape_id)
+def test_cpu_thread_paths_match_reference(threads, shape):
+    """The CPU backward overlaps its sweep with the window GEMMs on two threads (in chunks of
+    steps, the first chunk holding h0's step) and runs them one after the other otherwise;
+    the forward splits large steps across threads. Every path gives the reference."""
+    T, B, E, H = shape
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inputs = make_inputs(T, B, E, H)
+        out, h_n = rnn_tanh(*inputs)
+        g = torch.Generator().manual_seed(2)
+        grad_output = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+        grad_h_n = torch.randn(B, H, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad((out, h_n), inputs, (grad_output, grad_h_n))
+    finally:
+        torch.set_num_threads(old)
+    ref_out, ref_h_n, ref_grads = reference_grads(inputs, grad_output, grad_h_n)
+    assert_close_to_ref(out, ref_out, torch.float64, "output")
+    assert_close_to_ref(h_n, ref_h_n, torch.float64, "h_n")
+    for name, got, want in zip(GRAD_NAMES, grads, ref_grads):
+        assert_close_to_ref(got, want, torch.float64, "d" + name)
 
 
 @pytest.mark.parametrize("device", devices)
