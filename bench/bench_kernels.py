@@ -126,6 +126,20 @@ def sgemm_gflops(device, n=2048):
     return 2 * n ** 3 / m.median / 1e9
 
 
+def markdown_table(rows):
+    """The README's table: fused vs nn.RNN (and the per-step loop), medians."""
+    lines = ["| H | B | mode | fused ms | nn.RNN ms | step-loop ms | vs nn.RNN | vs loop | GFLOP/s | of sgemm "
+             "| peak MB fused / nn.RNN |", "|" + "---:|" * 3 + "---:|" * 8]
+    for r in rows:
+        ms = r["median_ms"]
+        mem = r["peak_mb_fwd_bwd"]
+        lines.append(f"| {r['H']} | {r['B']} | {r['mode']} | {ms['fused']:.2f} | {ms['nn.RNN']:.2f} | "
+                     f"{ms['step-loop']:.2f} | {r['speedup_vs_nn_rnn']:.2f}x | {r['speedup_vs_step_loop']:.2f}x | "
+                     f"{r['fused_gflops']:.0f} | {r['fraction_of_sgemm']:.0%} | "
+                     f"{mem.get('fused', 0):.1f} / {mem.get('nn.RNN', 0):.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="H in {128, 512}, B in {1, 32}, fewer rounds")
@@ -182,7 +196,8 @@ def main(argv=None):
     if args.device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     out.write_text(json.dumps(dict(env=env, rows=rows), indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {out}\n")
+    print(markdown_table(rows))
     return rows
 
 

@@ -43,15 +43,15 @@ class TrainConfig:
     # model
     cell: str = "rnn"
     hidden_size: int = 512
-    num_layers: int = 1
+    num_layers: int = 2
     embedding_size: int = 64
     dropout: float = 0.25
     # optimisation
-    batch_size: int = 64
+    batch_size: int = 32
     seq_len: int = 100
     optimizer: str = "adam"
     lr: float = 2e-3
-    lr_decay: float = 0.95             # lr * lr_decay**epoch
+    lr_decay: float = 0.9              # lr * lr_decay**epoch
     momentum: float = 0.9              # sgd only
     weight_decay: float = 0.0
     grad_clip: float = 5.0             # 0: no clipping
