@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import fields
@@ -15,6 +16,7 @@ examples:
   CHARRNN_DATA_DIR=DIR charrnn train --out runs/shakespeare     # tiny shakespeare, 10 minutes
   charrnn train --data my.txt --time-limit 120 --out runs/mine
   charrnn train --resume runs/mine --time-limit 600               # continue where it stopped
+  torchrun --nproc_per_node=2 -m charrnn_ext train --data my.txt  # data-parallel, 2 processes
   charrnn sample runs/mine --prime "ROMEO:" --temperature 0.8
   charrnn info runs/mine/best.pt
 """
@@ -77,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     t = sub.add_parser("train", help="train a model", description="Train a character-level model. "
-                       "Ctrl-C writes a checkpoint and stops; --resume continues exactly.",
+                       "Ctrl-C writes a checkpoint and stops; --resume continues exactly. Launched by "
+                       "torchrun, trains data-parallel (DDP) with the batch columns split over the processes.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     for flag, name, typ, text in TRAIN_FLAGS:
         d = defaults[name]
@@ -127,8 +130,14 @@ def _resolve_ckpt(path: str, prefer=("best.pt", "last.pt")) -> Path:
     return p
 
 
+def _rank_tag() -> str:
+    """' (rank r of W)' in a process torchrun started, so each message says whose it is."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f" (rank {os.environ.get('RANK', '?')} of {world})" if world != "1" else ""
+
+
 def cmd_train(args) -> int:
-    from .train import TrainConfig, Trainer
+    from .train import TrainConfig, Trainer, end_distributed
     given = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
     if "time_limit" in given and given["time_limit"] <= 0:
         given["time_limit"] = None
@@ -136,21 +145,29 @@ def cmd_train(args) -> int:
         src = args.resume or given.get("out", TrainConfig.out)
         ckpt = _resolve_ckpt(src, prefer=("last.pt",))
         trainer = Trainer(None, resume=ckpt, overrides=given)
-        print(f"resuming {ckpt} at step {trainer.step} (epoch {trainer.epoch})", file=sys.stderr)
     else:
         trainer = Trainer(TrainConfig(**given))
-    c = trainer.cfg
-    print(f"data {trainer.data_path}: {trainer.data_info['chars']:,} chars, vocab {len(trainer.vocab)}, "
-          f"{len(trainer.train_batches)} windows/epoch | {c.cell} {c.num_layers}x{c.hidden_size} "
-          f"emb {c.embedding_size}, {trainer.model.num_parameters():,} params | {trainer.device} | "
-          f"out {trainer.out}", file=sys.stderr)
+    c, rank0 = trainer.cfg, trainer.is_main  # under torchrun, rank 0 alone reports
+    if rank0 and args.resume is not None:
+        print(f"resuming {ckpt} at step {trainer.step} (epoch {trainer.epoch})", file=sys.stderr)
+    ddp = (f" x {trainer.world} processes (DDP, {c.batch_size // trainer.world} columns each)"
+           if trainer.world > 1 else "")
+    if rank0:
+        print(f"data {trainer.data_path}: {trainer.data_info['chars']:,} chars, vocab {len(trainer.vocab)}, "
+              f"{len(trainer.train_batches)} windows/epoch | {c.cell} {c.num_layers}x{c.hidden_size} "
+              f"emb {c.embedding_size}, {trainer.model.num_parameters():,} params | {trainer.device}{ddp} | "
+              f"out {trainer.out}", file=sys.stderr)
     summary = trainer.run()
+    end_distributed()
+    code = 130 if summary["stop"] == "interrupted" else 0
+    if not rank0:
+        return code
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     print(f"stopped ({summary['stop']}) at step {summary['step']}, epoch {summary['epoch']}: "
           f"train {fmt(summary['train_loss'])}, val {fmt(summary['val_loss'])}, "
           f"best val {fmt(summary['best_val_loss'])}, {summary['chars_per_s']:,.0f} chars/s; "
           f"checkpoints in {trainer.out}", file=sys.stderr)
-    return 130 if summary["stop"] == "interrupted" else 0
+    return code
 
 
 def cmd_sample(args) -> int:
@@ -216,6 +233,8 @@ def cmd_bench(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    import torch.distributed as dist
+
     from .data import CorpusError
     from .train import TrainingError
     try:
@@ -224,8 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command](args)
     except (CLIError, CorpusError, TrainingError, ValueError, FileNotFoundError) as e:
-        print(f"charrnn: error: {e}", file=sys.stderr)
+        print(f"charrnn: error{_rank_tag()}: {e}", file=sys.stderr)
         return 2
+    except (dist.DistError, RuntimeError) as e:
+        # Under torchrun, a collective that fails (nccl: DistError; gloo: a RuntimeError from gloo)
+        # means a peer is gone; it failed first and says why. Anything else keeps its traceback.
+        if not (_rank_tag() and (isinstance(e, dist.DistError) or "gloo" in str(e))):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"charrnn: error{_rank_tag()}: lost contact with the other training processes ({first}); "
+              "another rank probably failed first, see its message", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("charrnn: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ the hidden state of one window is the right initial state for the next.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import urllib.error
@@ -207,6 +208,17 @@ class Batches:
     def __iter__(self):
         for k in range(self.num_windows):
             yield self.window(k)
+
+    def shard(self, rank: int, world: int) -> "Batches":
+        """One process's share for data-parallel training: the whole columns
+        [rank*B//world, (rank+1)*B//world), so the state it carries across windows is its own.
+        The same windows as before; shares differ by at most one column (possibly none)."""
+        if world == 1:
+            return self
+        lo, hi = rank * self.batch_size // world, (rank + 1) * self.batch_size // world
+        part = copy.copy(self)
+        part.batch_size, part.x, part.y = hi - lo, self.x[lo:hi], self.y[lo:hi]
+        return part
 
 
 def fit_batches(ids: torch.Tensor, batch_size: int, seq_len: int) -> Batches:

@@ -6,6 +6,12 @@
 Hidden state is carried (detached) from window to window and reset to zeros at every
 epoch, for training and for evaluation alike. Everything needed to continue exactly
 (model, optimizer, scheduler, position, carried state, RNG states) is in each checkpoint.
+
+Launched by torchrun with WORLD_SIZE > 1, the same code trains data-parallel
+(DistributedDataParallel; gloo on CPUs, nccl with one GPU per process): rank r owns the
+batch columns [r*B/W, (r+1)*B/W) and the state it carries, gradients are averaged over the
+ranks (so they equal one process's over all B columns), and rank 0 alone writes checkpoints,
+metrics and plots. README.md, "Train on several processes or machines".
 """
 
 from __future__ import annotations
@@ -19,16 +25,20 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .data import Batches, Vocab, corpus_path, fit_batches, read_text, split
 from .model import CharRNN, ModelConfig, detach_state, state_from_list, state_to_list
 
 OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd")
 CHECKPOINT_FORMAT = 1
+STOP_REASONS = ("interrupted", "max_steps", "max_epochs", "time_limit")  # the first that holds wins
 
 
 @dataclass
@@ -210,6 +220,17 @@ def _set_rng_state(st: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """A seed of its own for each rank (dropout masks must differ between ranks' columns)."""
+    return int(hashlib.sha256(f"{seed}/{rank}/{step}".encode()).hexdigest()[:15], 16)
+
+
+def end_distributed() -> None:
+    """Tear down the process group a distributed Trainer started (after a successful run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -248,6 +269,9 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        self.rank, self.world = 0, 1
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # launched by torchrun
+            self._init_distributed()
         if cfg.flush_denormal and self.device.type == "cpu":
             # Gradients vanishing back through a tanh RNN reach subnormal magnitudes, where x86
             # arithmetic is 10-100x slower; early steps took seconds instead of 0.15 s here.
@@ -266,16 +290,23 @@ class Trainer:
             self.vocab = Vocab(ckpt["vocab"])
         else:
             self.vocab = Vocab.from_text(text)
+        if self.world > 1 and len(set(self._gather_objects(data_sha))) > 1:
+            raise TrainingError(f"the processes read different texts from {self.data_path} (sha256 differs); "
+                                "every node needs the same data")
         self.data_info = {"path": str(self.data_path.resolve()), "sha256": data_sha, "chars": len(text)}
         ids = self.vocab.encode(text).to(self.device)  # once, not a copy per window
         train_ids, val_ids, test_ids = split(ids, cfg.val_frac, cfg.test_frac)
-        self.train_batches = Batches(train_ids, cfg.batch_size, cfg.seq_len)
-        self.val_batches = fit_batches(val_ids, cfg.batch_size, cfg.seq_len) if len(val_ids) >= 2 else None
-        self.test_batches = fit_batches(test_ids, cfg.batch_size, cfg.seq_len) if len(test_ids) >= 2 else None
+        # This rank's columns (all of them in one process).
+        self.train_batches = Batches(train_ids, cfg.batch_size, cfg.seq_len).shard(self.rank, self.world)
+        self.val_batches, self.test_batches = (
+            fit_batches(part, cfg.batch_size, cfg.seq_len).shard(self.rank, self.world) if len(part) >= 2 else None
+            for part in (val_ids, test_ids))
 
         seed_everything(cfg.seed)
         self.model_config = cfg.model_config(len(self.vocab))
-        self.model = CharRNN(self.model_config).to(device=self.device, dtype=self.dtype)
+        self.model = CharRNN(self.model_config).to(device=self.device, dtype=self.dtype)  # the same on every rank
+        if self.world > 1:
+            seed_everything(rank_seed(cfg.seed, self.rank))  # but each rank its own dropout masks
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.lr_decay)
 
@@ -291,7 +322,61 @@ class Trainer:
         self.history = {"step": [], "train_loss": [], "val_step": [], "val_loss": []}
         if ckpt is not None:
             self._load_state(ckpt)
+        # What a training step calls: the model, or DDP around it (which averages the gradients).
+        self.net = self.model
+        if self.world > 1:
+            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self._interrupted = False
+        # Test hook (tests/test_distributed.py): CHARRNN_FAIL_RANK=r [CHARRNN_FAIL_STEP=n, default 1]
+        # makes rank r raise a TrainingError after its step n.
+        self._fail_step = (int(os.environ.get("CHARRNN_FAIL_STEP", 1))
+                           if os.environ.get("CHARRNN_FAIL_RANK") == str(self.rank) else None)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- distributed ---------------------------------------------------------------------
+
+    def _init_distributed(self) -> None:
+        """Join torchrun's process group: nccl with one GPU per process (cuda:LOCAL_RANK), else gloo."""
+        world, B = int(os.environ["WORLD_SIZE"]), self.cfg.batch_size
+        if not dist.is_available():
+            raise TrainingError("launched with WORLD_SIZE > 1, but this torch has no torch.distributed")
+        if B % world:
+            raise TrainingError(f"--batch-size {B} does not split evenly over {world} processes: each "
+                                f"process trains whole columns, so use a multiple of {world}")
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        if not dist.is_initialized():
+            # A rank that dies is noticed by torchrun, which stops the others; the timeout bounds
+            # any collective that still waits on a lost peer (other launchers, a hung rank).
+            timeout = timedelta(seconds=float(os.environ.get("CHARRNN_DIST_TIMEOUT", 300)))
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=timeout)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def _all_reduce(self, values: list[float], op=None) -> list[float]:
+        """The sum (or op) over all ranks of a few numbers; the numbers themselves in one process."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def _columns(self, state, gather: bool):
+        """Carried state [L, B/W, H] of this rank <-> [L, B, H] of all B columns (checkpoints)."""
+        if state is None or self.world == 1:
+            return state
+
+        def one(s):
+            if not gather:
+                n = s.size(1) // self.world
+                return s[:, self.rank * n:(self.rank + 1) * n].contiguous()
+            parts = [torch.empty_like(s) for _ in range(self.world)]
+            dist.all_gather(parts, s.contiguous())
+            return torch.cat(parts, dim=1)
+        return tuple(map(one, state)) if isinstance(state, tuple) else one(state)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -308,8 +393,10 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "window": self.window,
-            "hidden": state_to_list(self.hidden),
-            "rng": _rng_state(self.device),
+            "hidden": state_to_list(self._columns(self.hidden, gather=True)),  # all B columns
+            "rng": _rng_state(self.device),        # rank 0's streams: the ones a single process resumes
+            "rng_ranks": self._gather_objects(_rng_state(self.device)) if self.world > 1 else None,
+            "world_size": self.world,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "skipped_steps": self.skipped_steps,
             "train_loss": self.train_loss,
@@ -320,25 +407,42 @@ class Trainer:
             "time": time.time(),
         }
 
+    def _gather_objects(self, obj) -> list:
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def _load_state(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step, self.epoch, self.window = ckpt["step"], ckpt["epoch"], ckpt["window"]
-        self.hidden = state_from_list(ckpt["hidden"], self.model_config.cell, self.device)
+        self.hidden = self._columns(state_from_list(ckpt["hidden"], self.model_config.cell, self.device),
+                                    gather=False)
         self.nonfinite_in_a_row = ckpt["nonfinite_in_a_row"]
         self.skipped_steps = ckpt["skipped_steps"]
         self.train_loss, self.val_loss = ckpt["train_loss"], ckpt["val_loss"]
         bv = ckpt["best_val_loss"]
         self.best_val_loss = math.inf if bv is None else bv
         self.history = ckpt["history"]
-        # Last, so nothing above (model construction included) disturbs the streams.
-        _set_rng_state(ckpt["rng"], self.device)
+        # Last, so nothing above (model construction included) disturbs the streams. The same
+        # world size continues every rank's streams exactly; another one gives rank 0 rank 0's
+        # streams and the other ranks fresh ones (dropout masks then differ from an unbroken run).
+        saved = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if len(saved) == self.world:
+            _set_rng_state(saved[self.rank], self.device)
+        else:
+            _set_rng_state(saved[0], self.device)
+            if self.rank:
+                seed_everything(rank_seed(self.cfg.seed, self.rank, self.step))
 
-    def save(self, name: str = "last.pt") -> Path:
-        path = self.out / name
-        save_checkpoint(self.state_dict(), path)
-        return path
+    def save(self, *names: str) -> None:
+        """Write last.pt (or the names given). Every rank must call it (it gathers the carried
+        state and RNG states); rank 0 alone writes."""
+        state = self.state_dict()
+        if self.is_main:
+            for name in names or ("last.pt",):
+                save_checkpoint(state, self.out / name)
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -351,10 +455,13 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        logits, hidden = self.model(x, self.hidden)
+        logits, hidden = self.net(x, self.hidden)
         loss = self._loss(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages gradients over ranks. The mean of equal shares' means is the mean over all
+        # B columns; a sum over all columns is W times the mean of the ranks' sums.
+        (loss * self.world if cfg.loss_reduction == "sum" else loss).backward()
+        # Clipping sees the averaged gradients, so every rank clips (and steps) identically.
         params = [p for p in self.model.parameters() if p.grad is not None]
         if cfg.clip_mode == "norm":
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
@@ -363,6 +470,8 @@ class Trainer:
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
         value = loss.item()
+        if self.world > 1:  # the loss over all B columns, as one process reports it (and all ranks agree)
+            value = self._all_reduce([value])[0] / (self.world if cfg.loss_reduction == "mean" else 1)
         if not (math.isfinite(value) and torch.isfinite(norm)):
             # Keep parameters and carried state as they were; the window is consumed.
             self.optimizer.zero_grad(set_to_none=True)
@@ -373,7 +482,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, batches: Batches | None = None, max_windows: int | None = None) -> float | None:
-        """Mean loss in nats per character, state carried across windows from zeros."""
+        """Mean loss in nats per character, state carried across windows from zeros. Under
+        torchrun every rank evaluates its columns and the sums are added up over the ranks."""
         batches = self.val_batches if batches is None else batches
         if batches is None:
             return None
@@ -381,7 +491,7 @@ class Trainer:
         self.model.eval()
         hidden, total, count = None, 0.0, 0
         n = len(batches) if max_windows is None else min(len(batches), max_windows)
-        for k in range(n):
+        for k in range(n if batches.batch_size else 0):  # a rank may own no column of a small split
             x, y = batches.window(k)
             x, y = x.to(self.device), y.to(self.device)
             logits, hidden = self.model(x, hidden)
@@ -389,6 +499,7 @@ class Trainer:
                                      reduction="sum").item()
             count += y.numel()
         self.model.train(was_training)
+        total, count = self._all_reduce([total, count])
         return total / count
 
     # -- the loop ------------------------------------------------------------------------
@@ -397,23 +508,24 @@ class Trainer:
         if self._interrupted:  # a second Ctrl-C: stop now, without a checkpoint
             raise KeyboardInterrupt
         self._interrupted = True
-        _write("interrupted: finishing this step and writing a checkpoint (Ctrl-C again to abort)")
+        if self.is_main:
+            _write("interrupted: finishing this step and writing a checkpoint (Ctrl-C again to abort)")
 
     def _stop_reason(self, start: float) -> str | None:
         cfg = self.cfg
-        if self._interrupted:
-            return "interrupted"
-        if cfg.max_steps is not None and self.step >= cfg.max_steps:
-            return "max_steps"
-        if cfg.max_epochs is not None and self.epoch >= cfg.max_epochs:
-            return "max_epochs"
-        if cfg.time_limit is not None and time.monotonic() - start >= cfg.time_limit:
-            return "time_limit"
-        return None
+        hits = [self._interrupted,
+                cfg.max_steps is not None and self.step >= cfg.max_steps,
+                cfg.max_epochs is not None and self.epoch >= cfg.max_epochs,
+                cfg.time_limit is not None and time.monotonic() - start >= cfg.time_limit]
+        if self.world > 1:  # clocks and Ctrl-C are per process: every rank stops at the same step
+            hits = self._all_reduce([float(h) for h in hits], op=dist.ReduceOp.MAX)
+        return next((reason for reason, hit in zip(STOP_REASONS, hits) if hit), None)
 
     def run(self, callback=None) -> dict:
         """Train until a limit (steps, epochs, seconds) or Ctrl-C. callback(trainer, loss)
         runs after every step. Returns a summary dict (also the last metrics line)."""
+        if not self.is_main:  # rank 0 alone writes metrics (and checkpoints, plots, the progress bar)
+            return self._run(lambda record: None, callback)
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "metrics.jsonl", "a") as metrics:
             def log(record):
@@ -430,11 +542,12 @@ class Trainer:
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not cfg.progress, desc=f"train {cfg.cell}")
+                   disable=not (cfg.progress and self.is_main), desc=f"train {cfg.cell}")
         start = time.monotonic()
         train_time, train_chars = 0.0, 0
         acc = {"loss": 0.0, "n": 0, "time": 0.0, "chars": 0}  # since the last metrics line
-        per_char = self.train_batches.chars_per_window if cfg.loss_reduction == "sum" else 1
+        chars = cfg.batch_size * cfg.seq_len  # per step, over all ranks
+        per_char = chars if cfg.loss_reduction == "sum" else 1
         last_eval_step = None
         reason = None
 
@@ -466,8 +579,10 @@ class Trainer:
                 self.step += 1
                 dt = time.perf_counter() - t0
                 train_time += dt
-                train_chars += self.train_batches.chars_per_window
+                train_chars += chars
                 bar.update(1)
+                if self._fail_step == self.step:
+                    raise TrainingError(f"rank {self.rank} fails at step {self.step} (CHARRNN_FAIL_RANK test hook)")
                 if callback is not None:
                     callback(self, value)
 
@@ -476,7 +591,7 @@ class Trainer:
                     acc["loss"] += value / per_char
                     acc["n"] += 1
                     acc["time"] += dt
-                    acc["chars"] += self.train_batches.chars_per_window
+                    acc["chars"] += chars
                 else:
                     self.nonfinite_in_a_row += 1
                     self.skipped_steps += 1
@@ -504,7 +619,7 @@ class Trainer:
 
         flush()
         if reason == "interrupted":
-            self.save("last.pt")  # no evaluation: the user wants out now
+            self.save()  # no evaluation: the user wants out now
             self._plot()
         elif last_eval_step != self.step:
             self._eval_and_save(log)
@@ -521,6 +636,7 @@ class Trainer:
 
     def _eval_and_save(self, log) -> None:
         val = self.evaluate(max_windows=self.cfg.eval_windows)
+        improved = False
         if val is not None:
             self.val_loss = val
             self.history["val_step"].append(self.step)
@@ -529,15 +645,11 @@ class Trainer:
             if improved:
                 self.best_val_loss = val
             log({"step": self.step, "epoch": self.epoch, "val_loss": val, "best_val_loss": self.best_val_loss})
-            self.save("last.pt")
-            if improved:
-                self.save("best.pt")
-        else:
-            self.save("last.pt")
+        self.save("last.pt", *(["best.pt"] if improved else []))
         self._plot()
 
     def _plot(self) -> None:
-        if self.cfg.plot:
+        if self.cfg.plot and self.is_main:
             plot_losses(self.history, self.out / "loss.png",
                         title=f"{self.cfg.cell} h={self.cfg.hidden_size} x{self.cfg.num_layers}")
 
@@ -582,4 +694,6 @@ def train(cfg: TrainConfig | None = None, resume=None, overrides=None, callback=
     if cfg is None and resume is None:
         cfg = TrainConfig(**kw)
     trainer = Trainer(cfg, resume=resume, overrides=overrides)
-    return trainer.run(callback=callback)
+    summary = trainer.run(callback=callback)
+    end_distributed()
+    return summary
