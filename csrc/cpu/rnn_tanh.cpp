@@ -216,6 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
                    output = output_in.contiguous(), grad_h_n = grad_h_n_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), E = x.size(2), H = w_hh.size(0);
   check_blas_size(B * H, "B * H");
+  check_blas_size(T * B, "T * B");  // the window products take all T * B rows at once
 
   // a_t = (g_t + a_{t+1} w_hh) * (1 - h_t^2), built in place over a copy of grad_output.
   // One allocation even when grad_output is an expanded view (the gradient of out.sum()).
