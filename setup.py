@@ -19,7 +19,9 @@ from torch.utils import cpp_extension
 ROOT = Path(__file__).parent
 # One list feeds this build and CMakeLists.txt.
 SOURCES = [s for s in (ROOT / "csrc" / "sources.txt").read_text().split() if s]
-CUDA_SOURCES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
+# The CUDA kernels (.cu, through nvcc) and their ATen host code (.cpp, through the C++ compiler).
+CUDA_SOURCES = sorted(str(p.relative_to(ROOT)) for pattern in ("*.cu", "*.cpp")
+                      for p in (ROOT / "csrc" / "cuda").glob(pattern))
 
 
 def is_toolkit(path):
@@ -56,7 +58,7 @@ def want_cuda():
 
 # -fopenmp: at::parallel_for is a header template whose OpenMP pragmas are compiled into this
 # extension; without the flag every parallel_for here silently runs on one thread.
-cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard: torch adds the one its headers need
 if platform.machine() in ("x86_64", "AMD64"):
     # at::vec then uses AVX2 and torch's exported Sleef for tanh, 8 floats at a time.
     cxx_flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
@@ -72,7 +74,7 @@ if cuda_home and CUDA_SOURCES:
     defines = ["-DCHARRNN_WITH_CUDA", f'-DCHARRNN_CUDA_ARCH_LIST="{arch_list}"']
     ext = cpp_extension.CUDAExtension(
         "charrnn_ext._C", SOURCES + CUDA_SOURCES,
-        extra_compile_args={"cxx": cxx_flags + defines, "nvcc": ["-O3", "--use_fast_math"] + defines},
+        extra_compile_args={"cxx": cxx_flags + defines, "nvcc": ["-O3"] + defines},
         extra_link_args=["-fopenmp"])
 else:
     ext = cpp_extension.CppExtension("charrnn_ext._C", SOURCES, extra_compile_args={"cxx": cxx_flags},
