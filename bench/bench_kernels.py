@@ -1,11 +1,14 @@
 """Times charrnn_ext's fused tanh RNN against torch.nn.RNN and a per-step autograd loop.
 
-All three run in one process with the same weights, interleaved round by round, float32;
-medians are reported with the ratio to nn.RNN, achieved GFLOP/s, the fraction of a large
-sgemm's GFLOP/s measured in the same run, and each one's peak memory.
+All run in one process with the same weights, interleaved round by round, float32; medians
+are reported with the ratios. CPU: torch.utils.benchmark timers, achieved GFLOP/s, the
+fraction of a large sgemm's GFLOP/s measured in the same run, and each one's peak memory.
+CUDA: CUDA events around each call, forward+backward, against cuDNN's nn.RNN with TF32 off and
+on, the per-step loop, and the fused op on each sweep path it can run (CHARRNN_CUDA_SWEEP).
 
-    python bench/bench_kernels.py            # full grid, CPU; writes bench/results/cpu-<date>.json
-    python bench/bench_kernels.py --quick    # a small grid, fewer rounds
+    python bench/bench_kernels.py                  # full grid, CPU; writes bench/results/cpu-<date>.json
+    python bench/bench_kernels.py --quick          # a small grid, fewer rounds
+    python bench/bench_kernels.py --device cuda    # the GPU grid; writes bench/results/cuda-<date>.json
 """
 import argparse
 import datetime
@@ -140,6 +143,117 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
+SWEEP_PATHS = ["block", "cluster", "grid", "steps"]
+
+
+def with_sweep_path(fn, path):
+    def run():
+        saved = os.environ.get("CHARRNN_CUDA_SWEEP")
+        os.environ["CHARRNN_CUDA_SWEEP"] = path
+        try:
+            return fn()
+        finally:
+            if saved is None:
+                del os.environ["CHARRNN_CUDA_SWEEP"]
+            else:
+                os.environ["CHARRNN_CUDA_SWEEP"] = saved
+    return run
+
+
+def with_cudnn_tf32(fn):
+    def run():
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+            return fn()
+    return run
+
+
+def sweep_plan(B, H, path):
+    try:
+        return charrnn_ext._C.cuda_sweep_plan(B, H, 4, path)
+    except RuntimeError:
+        return None
+
+
+def cuda_event_medians(runs, rounds):
+    """Each call between two CUDA events, the competitors alternating round by round; the
+    time between the events includes any gaps where the GPU waits for the CPU to launch."""
+    for run in runs.values():  # warm-up: cuDNN plans, cuBLAS handles, allocator, module load
+        for _ in range(3):
+            run()
+    torch.cuda.synchronize()
+    samples = {name: [] for name in runs}
+    for _ in range(rounds):
+        events = {}
+        for name, run in runs.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            events[name] = (start, end)
+        torch.cuda.synchronize()
+        for name, (start, end) in events.items():
+            samples[name].append(start.elapsed_time(end) / 1e3)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def cuda_markdown_table(rows):
+    lines = ["| T | H | B | fused ms (path) | cuDNN ms | vs cuDNN | cuDNN TF32 ms | vs TF32 | step-loop ms "
+             "| vs loop | block / cluster / grid / steps ms | peak MB fused / cuDNN |",
+             "|" + "---:|" * 12]
+    for r in rows:
+        ms = r["median_ms"]
+        paths = " / ".join(f"{ms['fused:' + p]:.3f}" if "fused:" + p in ms else "-" for p in SWEEP_PATHS)
+        mem = r["peak_mb_fwd_bwd"]
+        lines.append(f"| {r['T']} | {r['H']} | {r['B']} | {ms['fused']:.3f} ({r['auto_plan']['path']}) | "
+                     f"{ms['cuDNN']:.3f} | {r['speedup_vs_cudnn']:.2f}x | {ms['cuDNN-tf32']:.3f} | "
+                     f"{r['speedup_vs_cudnn_tf32']:.2f}x | {ms['step-loop']:.2f} | "
+                     f"{r['speedup_vs_step_loop']:.1f}x | {paths} | "
+                     f"{mem.get('fused', 0):.1f} / {mem.get('nn.RNN', 0):.1f} |")
+    return "\n".join(lines)
+
+
+def cuda_grid(quick):
+    """(T, B, H): T=100 over H and B, plus T in {50, 256} at H=512, B=32."""
+    hs, bs = ([128, 512], [1, 32]) if quick else ([128, 256, 512, 1024], [1, 32, 128])
+    return [(100, B, H) for H in hs for B in bs] + [(T, 32, 512) for T in (50, 256)]
+
+
+def run_cuda(args):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    E = 64
+    rounds = 15 if args.quick else 40
+    rows = []
+    print(f"E={E} float32 forward+backward, {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+          f"CUDA {torch.version.cuda}; medians of {rounds} interleaved rounds (CUDA events)")
+    print(f"{'T':>4} {'H':>5} {'B':>4} {'path':>8} {'fused ms':>9} {'cuDNN ms':>9} {'x cuDNN':>8} "
+          f"{'x TF32':>7} {'x loop':>7}  per path ms", flush=True)
+    for T, B, H in cuda_grid(args.quick):
+        base = make_impls(T, B, E, H, "cuda")
+        impls = {"fused": base["fused"]}
+        plans = {path: sweep_plan(B, H, path) for path in SWEEP_PATHS}
+        impls.update({f"fused:{path}": with_sweep_path(base["fused"], path)
+                      for path, plan in plans.items() if plan is not None})
+        impls.update({"cuDNN": base["nn.RNN"], "cuDNN-tf32": with_cudnn_tf32(base["nn.RNN"]),
+                      "step-loop": base["step-loop"]})
+        med = cuda_event_medians({name: fwd_bwd(fn) for name, fn in impls.items()}, rounds)
+        mem = peak_memory(T, B, E, H, "cuda")
+        flops = 6 * T * B * (H * H + E * H)
+        row = dict(T=T, B=B, E=E, H=H, mode="fwd+bwd", rounds=rounds, auto_plan=sweep_plan(B, H, "auto"),
+                   plans=plans, median_ms={k: v * 1e3 for k, v in med.items()},
+                   speedup_vs_cudnn=med["cuDNN"] / med["fused"],
+                   speedup_vs_cudnn_tf32=med["cuDNN-tf32"] / med["fused"],
+                   speedup_vs_step_loop=med["step-loop"] / med["fused"],
+                   fused_gflops=flops / med["fused"] / 1e9,
+                   peak_mb_fwd_bwd={k: v / 2 ** 20 for k, v in mem.items()})
+        rows.append(row)
+        per_path = " ".join(f"{p}={med['fused:' + p] * 1e3:.3f}" for p in SWEEP_PATHS if "fused:" + p in med)
+        print(f"{T:>4} {H:>5} {B:>4} {row['auto_plan']['path']:>8} {med['fused'] * 1e3:>9.3f} "
+              f"{med['cuDNN'] * 1e3:>9.3f} {row['speedup_vs_cudnn']:>8.2f} {row['speedup_vs_cudnn_tf32']:>7.2f} "
+              f"{row['speedup_vs_step_loop']:>7.1f}  {per_path}", flush=True)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="H in {128, 512}, B in {1, 32}, fewer rounds")
@@ -152,6 +266,19 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_kernels: --device cuda but no GPU is visible")
+    date = datetime.date.today().isoformat()
+    out = args.out or RESULTS / f"{args.device}-{date}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.device == "cuda":
+        rows = run_cuda(args)
+        env = dict(date=date, device="cuda", gpu=torch.cuda.get_device_name(),
+                   capability=".".join(map(str, torch.cuda.get_device_capability())),
+                   torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   driver_visible_devices=torch.cuda.device_count(), build_info=charrnn_ext.build_info())
+        out.write_text(json.dumps(dict(env=env, rows=rows), indent=1))
+        print(f"wrote {out}\n")
+        print(cuda_markdown_table(rows))
+        return rows
     T, E = 100, 64
     hs, bs = ([128, 512], [1, 32]) if args.quick else ([128, 256, 512, 1024], [1, 32, 128])
     min_time = args.min_time or (0.5 if args.quick else 2.0)
@@ -186,15 +313,10 @@ def main(argv=None):
     gemm_after = sgemm_gflops(args.device)
     print(f"sgemm {gemm_after:.0f} GFLOP/s after the grid")
 
-    date = datetime.date.today().isoformat()
-    out = args.out or RESULTS / f"{args.device}-{date}{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     env = dict(date=date, device=args.device, machine=platform.processor() or platform.machine(),
                cpu_count=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
                cuda=torch.version.cuda, build_info=charrnn_ext.build_info(),
                sgemm_gflops_before=gemm_before, sgemm_gflops_after=gemm_after)
-    if args.device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
     out.write_text(json.dumps(dict(env=env, rows=rows), indent=1))
     print(f"wrote {out}\n")
     print(markdown_table(rows))

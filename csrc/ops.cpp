@@ -83,6 +83,10 @@ TORCH_LIBRARY(charrnn, m) {
 #include <torch/extension.h>
 #include <torch/version.h>
 
+#ifdef CHARRNN_WITH_CUDA
+#include "cuda/sweep.h"
+#endif
+
 #ifndef CHARRNN_CUDA_ARCH_LIST
 #define CHARRNN_CUDA_ARCH_LIST ""
 #endif
@@ -101,5 +105,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return info;
   }, "The torch version the extension was compiled against, whether CUDA kernels were "
      "compiled, and the CUDA architectures they were compiled for.");
+#ifdef CHARRNN_WITH_CUDA
+  m.def("cuda_sweep_plan", [](int64_t B, int64_t H, int64_t elem_size, const std::string& path) {
+    namespace cc = charrnn::cuda;
+    const cc::SweepPath requested = cc::sweep_path_from_name(path.c_str());
+    const char* why_not = nullptr;
+    const cc::SweepPlan p = cc::plan_sweep(requested, B, H, elem_size, &why_not);
+    TORCH_CHECK(requested == cc::SweepPath::kAuto || requested == p.path, "charrnn: sweep path ",
+                path, " cannot run at B=", B, ", H=", H, ": ", why_not ? why_not : "unknown reason");
+    pybind11::dict plan;
+    plan["path"] = cc::sweep_path_name(p.path);
+    for (const auto& [name, value] : {std::pair{"units", p.units}, {"slices", p.slices},
+                                      {"rows", p.rows}, {"tiles", p.tiles}, {"groups", p.groups},
+                                      {"threads", p.threads}})
+      plan[name] = value;
+    plan["smem_bytes"] = p.smem_bytes;
+    return plan;
+  }, "The launch plan of a sweep on the current GPU (path: auto, block, cluster, grid or steps) "
+     "for batch B, hidden size H and elements of elem_size bytes; raises if a forced path cannot run.",
+     pybind11::arg("B"), pybind11::arg("H"), pybind11::arg("elem_size"), pybind11::arg("path") = "auto");
+#endif
 }
 #endif

@@ -54,14 +54,15 @@ void sweep(bool backward, at::Tensor& seq, const at::Tensor& hidden, const at::T
   }
   at::Tensor arrivals;
   if (plan.path == cuda::SweepPath::kGrid)
-    arrivals = at::zeros({plan.tiles}, seq.options().dtype(at::kInt));
+    arrivals = at::zeros({plan.tiles}, seq.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(seq.scalar_type(), "charrnn_sweep", [&] {
     const cuda::SweepArgs<scalar_t> args{
         seq.data_ptr<scalar_t>(),
         backward ? hidden.const_data_ptr<scalar_t>() : nullptr,
         backward ? nullptr : init.const_data_ptr<scalar_t>(),
         w_hh.const_data_ptr<scalar_t>(),
-        arrivals.defined() ? reinterpret_cast<unsigned*>(arrivals.data_ptr<int>()) : nullptr,
+        arrivals.defined() ? reinterpret_cast<unsigned long long*>(arrivals.data_ptr<int64_t>())
+                            : nullptr,
         T, static_cast<int>(B), static_cast<int>(H)};
     cuda::launch_sweep(plan, backward, args, stream);
   });

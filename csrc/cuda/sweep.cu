@@ -8,9 +8,12 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
-#include <string>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "sweep.h"
 
@@ -69,10 +72,11 @@ __device__ inline void load4(const double* p, double v[4]) {
 
 // Grid scope: every block of the batch tile arrives once per step; waiting for
 // (step + 1) * slices arrivals is a barrier across the tile's blocks only.
-__device__ inline void tile_barrier(unsigned* counter, unsigned target) {
+// 64-bit, so that T * slices arrivals never wrap.
+__device__ inline void tile_barrier(unsigned long long* counter, unsigned long long target) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    ::cuda::atomic_ref<unsigned, ::cuda::thread_scope_device> arrivals(*counter);
+    ::cuda::atomic_ref<unsigned long long, ::cuda::thread_scope_device> arrivals(*counter);
     arrivals.fetch_add(1, ::cuda::memory_order_release);
     while (arrivals.load(::cuda::memory_order_acquire) < target) __nanosleep(32);
   }
@@ -123,10 +127,19 @@ __global__ void __launch_bounds__(kMaxThreads)
   const int u = tid % units, group = tid / units;
   const int k0 = group * lay.kc, k1 = min(lay.hpad, k0 + lay.kc);
   const scalar_t* w_col = weights + u;
+  // This thread's first (row, unit) of the pointwise part; its inputs from global memory are
+  // loaded before the dot products so that their latency hides behind them.
+  const bool first_inside = tid < my_rows * units && tid % units < my_units;
+  const int64_t first_offset = static_cast<int64_t>(b0 + tid / units) * H + u0 + tid % units;
   int buffer = 0;
   for (int64_t i = 0; i < a.T; ++i) {
     const int64_t t = kBackward ? a.T - 1 - i : i;
     const scalar_t* prev = state + buffer * rows * lay.ldh;
+    scalar_t first_seq = scalar_t(0), first_h = scalar_t(0);
+    if (first_inside) {
+      first_seq = a.seq[t * a.B * H + first_offset];
+      if constexpr (kBackward) first_h = a.hidden[t * a.B * H + first_offset];
+    }
 
     // Partial sums of (M s_prev)[row, u0 + u] over k in [k0, k1), kRows rows at a time.
     for (int r0 = 0; r0 < rows; r0 += kRows) {
@@ -163,9 +176,9 @@ __global__ void __launch_bounds__(kMaxThreads)
       scalar_t sum = scalar_t(0);
       for (int g = 0; g < groups; ++g) sum += partials[(g * rows + r) * units + v];
       const int64_t idx = (t * a.B + b0 + r) * H + u0 + v;
-      scalar_t s = a.seq[idx] + sum;
+      scalar_t s = (o == tid ? first_seq : a.seq[idx]) + sum;
       if constexpr (kBackward) {
-        const scalar_t h = a.hidden[idx];
+        const scalar_t h = o == tid ? first_h : a.hidden[idx];
         s *= scalar_t(1) - h * h;
       } else {
         s = tanh(s);
@@ -190,13 +203,13 @@ __global__ void __launch_bounds__(kMaxThreads)
 #endif
       buffer ^= 1;
     } else {
-      tile_barrier(a.arrivals + blockIdx.y, static_cast<unsigned>((i + 1) * gridDim.x));
+      tile_barrier(a.arrivals + blockIdx.y, static_cast<unsigned long long>(i + 1) * gridDim.x);
+      if (i + 1 == a.T) break;
       // Other blocks wrote s_t to global memory; read it through L2 (__ldcg), since this
       // SM's L1 may hold stale lines of seq from earlier reads.
-      for (int e = tid; e < my_rows * H; e += nthreads) {
-        const int r = e / H, k = e % H;
-        state[r * lay.ldh + k] = __ldcg(a.seq + (t * a.B + b0 + r) * H + k);
-      }
+      for (int r = 0; r < my_rows; ++r)
+        for (int k = tid; k < H; k += nthreads)
+          state[r * lay.ldh + k] = __ldcg(a.seq + (t * a.B + b0 + r) * H + k);
       __syncthreads();
     }
   }
@@ -239,37 +252,44 @@ Scope scope_of(SweepPath path) {
 }
 
 struct Device {
-  int sms = 0, smem_optin = 0, major = 0, cooperative = 0;
-  Device() {
-    int dev = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&dev));
+  int sms = 0, smem_optin = 0, major = 0, cooperative = 0, clusters = 0;
+  explicit Device(int dev) {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, dev));
+    if (major >= 9) C10_CUDA_CHECK(cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, dev));
   }
 };
 
-// Fills groups, threads and smem_bytes for the other fields; false if the block is too big.
+// A persistent sweep whose tiles do not all fit on the GPU at once runs them in waves, each
+// a whole sweep; past this many the per-step path is the better choice.
+constexpr int64_t kMaxWaves = 2;
+
+// Fills groups, threads and smem_bytes from the other fields; false if the block is too big.
 bool finish_plan(SweepPlan& p, int H, size_t elem, const Device& dev) {
-  if (p.units > kMaxThreads) return false;
+  if (p.units > kMaxThreads || static_cast<int64_t>(p.slices) * p.tiles > 65535) return false;
   p.groups = std::max(1, std::min(kTargetThreads / p.units, round_up(H, 4) / kMinSliceK));
   p.threads = p.units * p.groups;
-  const Layout lay(H, p.units, p.rows, p.groups, state_buffers(scope_of(p.path)));
-  p.smem_bytes = static_cast<size_t>(lay.total()) * elem;
-  return p.smem_bytes <= static_cast<size_t>(dev.smem_optin);
+  // In 64 bits first: Layout's ints would overflow for a huge tile.
+  const int64_t hpad = round_up(H, 4), rows = p.rows, units = p.units;
+  const int64_t elems = state_buffers(scope_of(p.path)) * rows * (hpad + 4) + hpad * units +
+                        static_cast<int64_t>(p.groups) * rows * units;
+  if (elems * static_cast<int64_t>(elem) > dev.smem_optin) return false;
+  p.smem_bytes = static_cast<size_t>(Layout(H, p.units, p.rows, p.groups,
+                                            state_buffers(scope_of(p.path))).total()) * elem;
+  return true;
 }
 
 // Batch tiles: as many as there are multiprocessors for `blocks_per_tile` blocks each, then
 // fewer rows per tile (more tiles) until shared memory fits.
 bool plan_tiles(SweepPlan& p, int B, int H, size_t elem, const Device& dev, int blocks_per_tile) {
   const int tiles = std::max(1, std::min(B, dev.sms / blocks_per_tile));
-  for (p.rows = ceil_div(B, tiles); p.rows >= 1; p.rows = p.rows > 1 ? ceil_div(p.rows, 2) : 0) {
+  for (p.rows = ceil_div(B, tiles);; p.rows = ceil_div(p.rows, 2)) {
     p.tiles = ceil_div(B, p.rows);
     if (finish_plan(p, H, elem, dev)) return true;
-    if (p.rows == 1) break;
+    if (p.rows == 1) return false;
   }
-  return false;
 }
 
 template <typename scalar_t>
@@ -277,72 +297,87 @@ Kernel<scalar_t> kernel_for(const SweepPlan& p, bool backward) {
   return pick_kernel<scalar_t>(backward, scope_of(p.path), p.rows);
 }
 
-void allow_smem(const void* kernel, size_t bytes) {
+// The dynamic shared-memory limit is a property of the kernel, not of a launch: set to the
+// device's maximum for every kernel, so that concurrent callers never lower it under another.
+void allow_smem(const void* kernel, const Device& dev) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
+                                      dev.smem_optin));
 }
 
+cudaLaunchAttribute cluster_attribute(int size) {
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = size;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  return attr;
+}
+
+// Co-resident units of the plan (blocks, or clusters for the cluster path); 0 if none fits.
 template <typename scalar_t>
-bool cluster_fits(const SweepPlan& p) {
+int64_t resident(const SweepPlan& p, const Device& dev) {
+  int64_t fewest = INT64_MAX;
   for (bool backward : {false, true}) {
     const void* kernel = reinterpret_cast<const void*>(kernel_for<scalar_t>(p, backward));
-    allow_smem(kernel, p.smem_bytes);
-    if (p.slices > 8)
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(p.slices, p.tiles);
-    config.blockDim = dim3(p.threads);
-    config.dynamicSmemBytes = p.smem_bytes;
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = p.slices;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    config.attrs = &attr;
-    config.numAttrs = 1;
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
-      (void)cudaGetLastError();  // an unsupported cluster shape is an answer, not an error
-      return false;
+    allow_smem(kernel, dev);
+    if (p.path == SweepPath::kCluster) {
+      cudaFuncAttributes attrs;
+      C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, kernel));
+      if (attrs.binaryVersion < 90) return 0;  // built for an older GPU: its cluster code traps
+      if (p.slices > 8)
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(p.slices, p.tiles);
+      config.blockDim = dim3(p.threads);
+      config.dynamicSmemBytes = p.smem_bytes;
+      cudaLaunchAttribute attr = cluster_attribute(p.slices);
+      config.attrs = &attr;
+      config.numAttrs = 1;
+      int clusters = 0;
+      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+        (void)cudaGetLastError();  // an unsupported cluster shape is an answer, not an error
+        return 0;
+      }
+      fewest = std::min<int64_t>(fewest, clusters);
+    } else {
+      int per_sm = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, p.smem_bytes));
+      fewest = std::min<int64_t>(fewest, static_cast<int64_t>(per_sm) * dev.sms);
     }
-    if (clusters < 1) return false;
   }
-  return true;
-}
-
-template <typename scalar_t>
-bool grid_fits(const SweepPlan& p, const Device& dev) {
-  for (bool backward : {false, true}) {
-    const void* kernel = reinterpret_cast<const void*>(kernel_for<scalar_t>(p, backward));
-    allow_smem(kernel, p.smem_bytes);
-    int per_sm = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, p.smem_bytes));
-    if (static_cast<int64_t>(per_sm) * dev.sms < static_cast<int64_t>(p.slices) * p.tiles) return false;
-  }
-  return true;
+  return fewest;
 }
 
 template <typename scalar_t>
 bool plan_path(SweepPlan& p, int B, int H, const Device& dev, const char** why_not) {
   const size_t elem = sizeof(scalar_t);
   switch (p.path) {
-    case SweepPath::kBlock:
+    case SweepPath::kBlock: {
       p.units = H;
       p.slices = 1;
-      if (plan_tiles(p, B, H, elem, dev, 1)) return true;
-      *why_not = "w_hh does not fit one block's shared memory";
+      if (!plan_tiles(p, B, H, elem, dev, 1)) {
+        *why_not = "w_hh does not fit one block's shared memory";
+        return false;
+      }
+      const int64_t at_once = resident<scalar_t>(p, dev);
+      if (at_once > 0 && p.tiles <= kMaxWaves * at_once) return true;
+      *why_not = "the batch needs too many waves of blocks";
       return false;
+    }
     case SweepPath::kCluster:
-      if (dev.major < 9) {
+      if (!dev.clusters) {
         *why_not = "thread-block clusters need sm_90 or newer";
         return false;
       }
       for (int size = 2; size <= kMaxCluster; size *= 2) {
         p.units = ceil_div(H, size);
         p.slices = ceil_div(H, p.units);
-        if (plan_tiles(p, B, H, elem, dev, p.slices) && cluster_fits<scalar_t>(p)) return true;
+        if (!plan_tiles(p, B, H, elem, dev, p.slices)) continue;
+        const int64_t at_once = resident<scalar_t>(p, dev);
+        if (at_once > 0 && p.tiles <= kMaxWaves * at_once) return true;
       }
-      *why_not = "w_hh does not fit the shared memory of a 16-block cluster";
+      *why_not = "w_hh does not fit the shared memory of a 16-block cluster, or the batch needs "
+                 "too many waves of clusters, or the kernels were not built for sm_90";
       return false;
     case SweepPath::kGrid:
       if (!dev.cooperative) {
@@ -355,7 +390,9 @@ bool plan_path(SweepPlan& p, int B, int H, const Device& dev, const char** why_n
         p.tiles = ceil_div(B, p.rows);
         p.units = ceil_div(H, dev.sms / p.tiles);
         p.slices = ceil_div(H, p.units);
-        if (finish_plan(p, H, elem, dev) && grid_fits<scalar_t>(p, dev)) return true;
+        if (finish_plan(p, H, elem, dev) &&
+            static_cast<int64_t>(p.slices) * p.tiles <= resident<scalar_t>(p, dev))
+          return true;
       }
       *why_not = "w_hh and the state do not fit the shared memory of co-resident blocks";
       return false;
@@ -368,7 +405,10 @@ bool plan_path(SweepPlan& p, int B, int H, const Device& dev, const char** why_n
 
 SweepPath sweep_path_from_env() {
   const char* value = std::getenv("CHARRNN_CUDA_SWEEP");
-  if (value == nullptr || *value == '\0') return SweepPath::kAuto;
+  return value == nullptr || *value == '\0' ? SweepPath::kAuto : sweep_path_from_name(value);
+}
+
+SweepPath sweep_path_from_name(const char* value) {
   for (SweepPath path : {SweepPath::kAuto, SweepPath::kBlock, SweepPath::kCluster,
                          SweepPath::kGrid, SweepPath::kSteps})
     if (std::strcmp(value, sweep_path_name(path)) == 0) return path;
@@ -388,20 +428,45 @@ const char* sweep_path_name(SweepPath path) {
 
 template <typename scalar_t>
 SweepPlan plan_sweep_typed(SweepPath requested, int B, int H, const char** why_not) {
-  const Device dev;
-  SweepPlan plan;
-  const char* reason = "";
+  int dev_index = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev_index));
+  // Planning queries the driver a dozen times; a training run asks the same question every
+  // call, so answers are kept per (device, path, B, H, dtype).
+  struct Answer {
+    SweepPlan plan;
+    const char* why_not;
+  };
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, int, int>, Answer> answers;
+  const auto key = std::make_tuple(dev_index, static_cast<int>(requested), B, H);
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = answers.find(key); it != answers.end()) {
+      if (why_not) *why_not = it->second.why_not;
+      return it->second.plan;
+    }
+  }
+  const Device dev(dev_index);
+  Answer answer{SweepPlan{}, "unknown reason"};
   if (requested == SweepPath::kAuto) {
     for (SweepPath path : {SweepPath::kBlock, SweepPath::kCluster, SweepPath::kGrid}) {
+      SweepPlan plan;
       plan.path = path;
-      if (plan_path<scalar_t>(plan, B, H, dev, &reason)) return plan;
+      const char* reason = "";
+      if (plan_path<scalar_t>(plan, B, H, dev, &reason)) {
+        answer.plan = plan;
+        break;
+      }
     }
   } else if (requested != SweepPath::kSteps) {
+    SweepPlan plan;
     plan.path = requested;
-    if (plan_path<scalar_t>(plan, B, H, dev, &reason)) return plan;
-    if (why_not) *why_not = reason;
+    if (plan_path<scalar_t>(plan, B, H, dev, &answer.why_not)) answer.plan = plan;
   }
-  return SweepPlan{};
+  const std::lock_guard<std::mutex> lock(mutex);
+  answers.emplace(key, answer);
+  if (why_not) *why_not = answer.why_not;
+  return answer.plan;
 }
 
 SweepPlan plan_sweep(SweepPath requested, int64_t B, int64_t H, size_t elem_size,
@@ -420,8 +485,9 @@ template <typename scalar_t>
 void launch_sweep(const SweepPlan& p, bool backward, const SweepArgs<scalar_t>& args,
                   cudaStream_t stream) {
   TORCH_INTERNAL_ASSERT(p.path != SweepPath::kSteps && p.path != SweepPath::kAuto);
+  // plan_sweep made this plan, and on the way raised the kernel's shared-memory limit (and
+  // allowed its cluster size) on this device.
   const Kernel<scalar_t> kernel = kernel_for<scalar_t>(p, backward);
-  allow_smem(reinterpret_cast<const void*>(kernel), p.smem_bytes);
   const dim3 grid(p.slices, p.tiles), block(p.threads);
   int units = p.units, rows = p.rows, groups = p.groups;
   switch (p.path) {
@@ -435,11 +501,7 @@ void launch_sweep(const SweepPlan& p, bool backward, const SweepArgs<scalar_t>& 
       config.blockDim = block;
       config.dynamicSmemBytes = p.smem_bytes;
       config.stream = stream;
-      cudaLaunchAttribute attr;
-      attr.id = cudaLaunchAttributeClusterDimension;
-      attr.val.clusterDim.x = p.slices;
-      attr.val.clusterDim.y = 1;
-      attr.val.clusterDim.z = 1;
+      cudaLaunchAttribute attr = cluster_attribute(p.slices);
       config.attrs = &attr;
       config.numAttrs = 1;
       C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args, units, rows, groups));

@@ -30,6 +30,7 @@ enum class SweepPath {
 };
 
 SweepPath sweep_path_from_env();  // reads CHARRNN_CUDA_SWEEP; throws on an unknown value
+SweepPath sweep_path_from_name(const char* name);  // "auto", "block", ...; throws if unknown
 const char* sweep_path_name(SweepPath path);
 
 // The launch shape of a persistent sweep. Every batch tile of `rows` rows is owned by
@@ -53,7 +54,7 @@ struct SweepArgs {
   const scalar_t* hidden;  // [T, B, H] forward output h_t (backward only; else null)
   const scalar_t* init;    // [B, H] h0 (forward), or null: the state starts at zero
   const scalar_t* w_hh;    // [H, H]
-  unsigned* arrivals;      // [tiles] zeroed counters (grid path only; else null)
+  unsigned long long* arrivals;  // [tiles] zeroed counters (grid path only; else null)
   int64_t T;
   int B, H;
 };

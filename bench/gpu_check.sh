@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole GPU check in one call, for a lent H200 (torch and nvcc there, no network):
+# build the extension for sm_90 only, run the CUDA tests, run the CUDA kernel benchmark
+# against cuDNN. Logs and JSON go to $OUT (the device tool's folder that comes back), or to
+# bench/results/gpu-check/ elsewhere. Meant to finish in well under 8 minutes.
+#
+#   device run:  bash bench/gpu_check.sh        (carry .whl if test packages are missing there)
+#   QUICK=1      a smaller benchmark grid
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/gpu-check}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+status=0
+DEADLINE=${DEADLINE:-460}  # seconds for the whole script; each step gets at most what is left
+step() { echo; echo "== $* ($(date +%T), ${SECONDS}s in)"; }
+left() { local n=$((DEADLINE - SECONDS)); (( n < $1 )) && echo $((n > 10 ? n : 10)) || echo "$1"; }
+
+if compgen -G ".whl/*.whl" >/dev/null; then  # test-only packages carried as wheels
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
+$PY -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN',
+        torch.backends.cudnn.version(), torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))"
+
+step "build for sm_90 only"
+export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 CHARRNN_CUDA=1
+rm -f charrnn_ext/_C*.so
+# In place: nothing to download and no install metadata needed; pip first, as users build.
+timeout $(left 200) $PY -m pip install -q --no-deps --no-build-isolation -e . \
+  || timeout $(left 200) $PY setup.py -q build_ext --inplace || { echo "BUILD FAILED"; exit 1; }
+$PY -c "import charrnn_ext; print(charrnn_ext.build_info())" || { echo "IMPORT FAILED"; exit 1; }
+$PY - <<'EOF'
+import charrnn_ext
+for H in (128, 256, 512, 1024):
+    for B in (1, 32, 128):
+        plans = {}
+        for path in ("auto", "block", "cluster", "grid"):
+            try:
+                p = charrnn_ext._C.cuda_sweep_plan(B, H, 4, path)
+                plans[path] = "{path} {units}u x {slices} slices, {rows} rows x {tiles} tiles, {threads} thr, {smem_bytes} B".format(**p)
+            except RuntimeError as e:
+                plans[path] = "-"
+        print(f"H={H} B={B}: " + " | ".join(f"{k}: {v}" for k, v in plans.items()))
+EOF
+
+step "CUDA tests"
+timeout $(left 150) $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda_ops.py \
+  --junitxml="$OUT/junit-cuda-ops.xml" || status=1
+timeout $(left 60) $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_nn.py -k cuda \
+  --junitxml="$OUT/junit-ops-cuda.xml" || status=1
+
+step "kernel benchmark against cuDNN"
+timeout $(left 180) $PY bench/bench_kernels.py --device cuda ${QUICK:+--quick} \
+  --out "$OUT/cuda-$(date +%F).json" || status=1
+
+step "done, status $status"
+exit $status
