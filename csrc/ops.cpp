@@ -1,4 +1,5 @@
-// The op schemas (one place for every device) and the checks all kernels share.
+// The op schemas (one place for every device), and the checks and the input projection
+// that all kernels share.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -68,6 +69,24 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& grad_h
   check_tensor(grad_h_n, "grad_h_n", 2, "[B, H]", x);
   check_size(grad_h_n, "grad_h_n", 0, B, "[B, H]");
   check_size(grad_h_n, "grad_h_n", 1, H, "[B, H]");
+}
+
+at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih,
+                            const std::optional<at::Tensor>& b_ih,
+                            const std::optional<at::Tensor>& b_hh) {
+  const int64_t T = x.size(0), B = x.size(1), E = x.size(2), H = w_ih.size(0);
+  at::Tensor output = at::empty({T, B, H}, x.options());
+  at::Tensor out2d = output.view({T * B, H});
+  const at::Tensor x2d = x.view({T * B, E});
+  if (b_ih.has_value() || b_hh.has_value()) {
+    const at::Tensor bias = b_ih.has_value() && b_hh.has_value() ? *b_ih + *b_hh
+                            : b_ih.has_value()                   ? *b_ih
+                                                                 : *b_hh;
+    at::addmm_out(out2d, bias, x2d, w_ih.t());
+  } else {
+    at::mm_out(out2d, x2d, w_ih.t());
+  }
+  return output;
 }
 
 TORCH_LIBRARY(charrnn, m) {

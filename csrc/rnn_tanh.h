@@ -29,6 +29,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
     const at::Tensor& output);      // [T, B, H]  forward output
 // dx [T, B, E], dh0 [B, H], dw_ih [H, E], dw_hh [H, H], db [H]
 
+// x w_ih^T + b_ih + b_hh for all T steps as one GEMM, into a new [T, B, H] tensor that the
+// kernels then turn into the output in place. Either bias may be absent. Any device.
+at::Tensor input_projection(const at::Tensor& x,                     // [T, B, E] contiguous
+                            const at::Tensor& w_ih,                  // [H, E]
+                            const std::optional<at::Tensor>& b_ih,   // [H] or None
+                            const std::optional<at::Tensor>& b_hh);  // [H] or None
+
 // Argument validation shared by every device's kernels; throws c10::Error (a Python
 // RuntimeError/ValueError) naming the argument, its shape and what was expected.
 void check_forward_args(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,

@@ -177,22 +177,11 @@ std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
   check_forward_args(x_in, h0_in, w_ih_in, w_hh_in, b_ih, b_hh);
   const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(),
                    w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const int64_t T = x.size(0), B = x.size(1), E = x.size(2), H = w_hh.size(0);
+  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(0);
   check_blas_size(B * H, "B * H");
 
-  // The input projection of all T steps is one GEMM, written straight into the output
-  // buffer; the sweep then adds h_{t-1} w_hh^T into each step's slice and applies tanh.
-  at::Tensor output = at::empty({T, B, H}, x.options());
-  at::Tensor out2d = output.view({T * B, H});
-  const at::Tensor x2d = x.view({T * B, E});
-  if (b_ih.has_value() || b_hh.has_value()) {
-    const at::Tensor bias = b_ih.has_value() && b_hh.has_value() ? *b_ih + *b_hh
-                            : b_ih.has_value()                   ? *b_ih
-                                                                 : *b_hh;
-    at::addmm_out(out2d, bias, x2d, w_ih.t());
-  } else {
-    at::mm_out(out2d, x2d, w_ih.t());
-  }
+  // The sweep adds h_{t-1} w_hh^T into each step's slice of the projection and applies tanh.
+  at::Tensor output = input_projection(x, w_ih, b_ih, b_hh);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_forward_cpu", [&] {
     scalar_t* out = output.data_ptr<scalar_t>();

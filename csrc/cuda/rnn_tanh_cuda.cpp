@@ -79,21 +79,10 @@ std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cuda(
   const c10::cuda::CUDAGuard device_guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(),
                    w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const int64_t T = x.size(0), B = x.size(1), E = x.size(2), H = w_hh.size(0);
+  const int64_t T = x.size(0);
 
-  // The input projection of all T steps is one GEMM into the output buffer, which the sweep
-  // then turns into h_1..h_T in place.
-  at::Tensor output = at::empty({T, B, H}, x.options());
-  at::Tensor out2d = output.view({T * B, H});
-  const at::Tensor x2d = x.view({T * B, E});
-  if (b_ih.has_value() || b_hh.has_value()) {
-    const at::Tensor bias = b_ih.has_value() && b_hh.has_value() ? *b_ih + *b_hh
-                            : b_ih.has_value()                   ? *b_ih
-                                                                 : *b_hh;
-    at::addmm_out(out2d, bias, x2d, w_ih.t());
-  } else {
-    at::mm_out(out2d, x2d, w_ih.t());
-  }
+  // The sweep turns the input projection into h_1..h_T in place.
+  at::Tensor output = input_projection(x, w_ih, b_ih, b_hh);
   sweep(/*backward=*/false, output, at::Tensor(), h0, w_hh);
   return {output, output[T - 1].clone()};
 }

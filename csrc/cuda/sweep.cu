@@ -31,8 +31,9 @@ namespace cg = cooperative_groups;
 
 enum class Scope { kBlock, kCluster, kGrid };
 
-constexpr int kMaxThreads = 1024;
-constexpr int kTargetThreads = 512;
+// A block has units * groups threads, at most kMaxThreads: a slice of more units would need
+// more than 1 MB of shared memory anyway, and the bound leaves 128 registers a thread.
+constexpr int kMaxThreads = 512;
 constexpr int kMinSliceK = 32;   // each k-split group takes at least this many k
 constexpr int kMaxCluster = 16;  // sm_90's non-portable cluster size limit
 
@@ -227,9 +228,11 @@ using Kernel = void (*)(const SweepArgs<scalar_t>, int, int, int);
 
 template <typename scalar_t, bool kBackward, Scope kScope>
 Kernel<scalar_t> pick_rows(int rows) {
-  // One row per tile uses one accumulator; otherwise four independent FMA chains per thread.
-  return rows == 1 ? sweep_kernel<scalar_t, kBackward, kScope, 1>
-                   : sweep_kernel<scalar_t, kBackward, kScope, 4>;
+  // Rows per pass over the weights: as many independent FMA chains per thread as the tile has
+  // rows, up to four (a tile of 3 rows computes one wasted row).
+  return rows == 1   ? sweep_kernel<scalar_t, kBackward, kScope, 1>
+         : rows == 2 ? sweep_kernel<scalar_t, kBackward, kScope, 2>
+                     : sweep_kernel<scalar_t, kBackward, kScope, 4>;
 }
 
 template <typename scalar_t, bool kBackward>
@@ -269,7 +272,7 @@ constexpr int64_t kMaxWaves = 2;
 // Fills groups, threads and smem_bytes from the other fields; false if the block is too big.
 bool finish_plan(SweepPlan& p, int H, size_t elem, const Device& dev) {
   if (p.units > kMaxThreads || static_cast<int64_t>(p.slices) * p.tiles > 65535) return false;
-  p.groups = std::max(1, std::min(kTargetThreads / p.units, round_up(H, 4) / kMinSliceK));
+  p.groups = std::max(1, std::min(kMaxThreads / p.units, round_up(H, 4) / kMinSliceK));
   p.threads = p.units * p.groups;
   // In 64 bits first: Layout's ints would overflow for a huge tile.
   const int64_t hpad = round_up(H, 4), rows = p.rows, units = p.units;
