@@ -53,7 +53,9 @@ EOF
 step "CUDA tests"
 timeout $(left 150) $PY -m pytest -q --maxfail=10 -p no:cacheprovider tests/test_cuda_ops.py \
   --junitxml="$OUT/junit-cuda-ops.xml" || status=1
-timeout $(left 60) $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_nn.py -k cuda \
+# torch.compile on CUDA compiles Triton kernels for minutes; its tests run on the CPU in CI.
+timeout $(left 90) $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_nn.py \
+  -k "cuda and not compile" \
   --junitxml="$OUT/junit-ops-cuda.xml" || status=1
 
 step "kernel benchmark against cuDNN"
