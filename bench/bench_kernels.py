@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 
 import charrnn_ext
+from common import git_commit  # bench/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -271,7 +272,7 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.device == "cuda":
         rows = run_cuda(args)
-        env = dict(date=date, device="cuda", gpu=torch.cuda.get_device_name(),
+        env = dict(date=date, commit=git_commit(), device="cuda", gpu=torch.cuda.get_device_name(),
                    capability=".".join(map(str, torch.cuda.get_device_capability())),
                    torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                    driver_visible_devices=torch.cuda.device_count(), build_info=charrnn_ext.build_info())
@@ -313,7 +314,7 @@ def main(argv=None):
     gemm_after = sgemm_gflops(args.device)
     print(f"sgemm {gemm_after:.0f} GFLOP/s after the grid")
 
-    env = dict(date=date, device=args.device, machine=platform.processor() or platform.machine(),
+    env = dict(date=date, commit=git_commit(), device=args.device, machine=platform.processor() or platform.machine(),
                cpu_count=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
                cuda=torch.version.cuda, build_info=charrnn_ext.build_info(),
                sgemm_gflops_before=gemm_before, sgemm_gflops_after=gemm_after)

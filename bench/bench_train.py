@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
@@ -29,16 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 from charrnn_ext.train import TrainConfig, Trainer  # noqa: E402
+from common import git_commit  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ALL_CELLS = ("rnn", "rnn-torch", "lstm", "gru")
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def main(argv=None) -> int:
