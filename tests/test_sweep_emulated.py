@@ -23,4 +23,4 @@ def test_sweep_kernels_match_the_recurrence_under_emulation(tmp_path):
     assert build.returncode == 0, build.stderr[-4000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.rstrip().endswith("0 failures"), run.stdout[-4000:]
-    assert run.stdout.count("\nok ") + run.stdout.startswith("ok ") == 68  # 17 shapes x 2 directions x 2 dtypes
+    assert run.stdout.count("\nok ") + run.stdout.startswith("ok ") == 72  # 18 shapes x 2 directions x 2 dtypes

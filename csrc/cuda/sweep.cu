@@ -54,11 +54,12 @@ bool finish_plan(SweepPlan& p, int H, size_t elem, const Device& dev) {
   p.threads = p.units * p.groups;
   // In 64 bits first: Layout's ints would overflow for a huge tile.
   const int64_t hpad = round_up(H, 4), rows = p.rows, units = p.units;
-  const int64_t elems = state_buffers(scope_of(p.path)) * rows * (hpad + 4) + hpad * units +
-                        static_cast<int64_t>(p.groups) * rows * units;
+  const int64_t groups = p.groups, elems = state_buffers(scope_of(p.path)) * rows * (hpad + 4) +
+                                           (hpad + groups) * units + groups * rows * units;
   if (elems * static_cast<int64_t>(elem) > dev.smem_optin) return false;
-  p.smem_bytes = static_cast<size_t>(Layout(H, p.units, p.rows, p.groups,
-                                            state_buffers(scope_of(p.path))).total()) * elem;
+  const Layout lay(H, p.units, p.rows, p.groups, state_buffers(scope_of(p.path)));
+  TORCH_INTERNAL_ASSERT(lay.total() == elems, "charrnn: Layout and finish_plan disagree");
+  p.smem_bytes = static_cast<size_t>(elems) * elem;
   return true;
 }
 
@@ -86,7 +87,7 @@ void allow_smem(const void* kernel, const Device& dev) {
 }
 
 cudaLaunchAttribute cluster_attribute(int size) {
-  cudaLaunchAttribute attr;
+  cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeClusterDimension;
   attr.val.clusterDim.x = size;
   attr.val.clusterDim.y = 1;
@@ -171,7 +172,10 @@ bool plan_path(SweepPlan& p, int B, int H, const Device& dev, const char** why_n
       for (int tiles = 1; tiles <= std::min(B, dev.sms); ++tiles) {
         p.rows = ceil_div(B, tiles);
         p.tiles = ceil_div(B, p.rows);
-        p.units = ceil_div(H, dev.sms / p.tiles);
+        // One block per multiprocessor, but at least a warp of threads per block (a small H
+        // has few k-split groups): blocks of a few threads would waste most of each warp.
+        p.units = std::min(H, std::max(ceil_div(H, dev.sms / p.tiles),
+                                       ceil_div(32, std::max(1, round_up(H, 4) / kMinSliceK))));
         p.slices = ceil_div(H, p.units);
         if (finish_plan(p, H, elem, dev) &&
             static_cast<int64_t>(p.slices) * p.tiles <= resident<scalar_t>(p, dev))

@@ -38,7 +38,9 @@ __host__ __device__ inline int ceil_div(int a, int b) { return (a + b - 1) / b; 
 __host__ __device__ inline int round_up(int a, int b) { return ceil_div(a, b) * b; }
 
 // The block's shared memory, all in elements. h is padded to a multiple of 4 (16-byte loads
-// of 4 k at a time) plus 4, so rows read by one warp start in different banks.
+// of 4 k at a time) plus 4, so rows read by one warp start in different banks. The weights
+// keep one spare k-row after each group's kc rows: when a warp spans several groups (fewer
+// than 32 units), their reads kc * units apart would otherwise hit the same bank.
 struct Layout {
   int hpad, ldh, kc;  // k padded; row stride of the state; k per group (a multiple of 4)
   int state, weights, partials;  // sizes of the three regions
@@ -47,7 +49,7 @@ struct Layout {
     ldh = hpad + 4;
     kc = round_up(ceil_div(hpad, groups), 4);
     state = buffers * rows * ldh;
-    weights = hpad * units;
+    weights = (hpad + groups) * units;
     partials = groups * rows * units;
   }
   __host__ __device__ int total() const { return state + weights + partials; }
@@ -67,6 +69,31 @@ __device__ inline void load4(const double* p, double v[4]) {
   const double2 a = reinterpret_cast<const double2*>(p)[0], b = reinterpret_cast<const double2*>(p)[1];
   v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
 }
+
+// Copies rows x H elements, contiguous at src, into rows of stride ld at dst, reading through
+// L2 (__ldcg): other blocks wrote them, and this SM's L1 may hold stale lines. Each load waits
+// out an L2 round trip, so every thread keeps kInFlight loads of V (one element, or 16 bytes of
+// them) in flight before it stores any.
+template <typename V, typename scalar_t>
+__device__ void copy_rows_through_l2(scalar_t* dst, int ld, const scalar_t* src, int rows, int H) {
+  constexpr int kWidth = sizeof(V) / sizeof(scalar_t), kInFlight = 8;
+  const int per_row = H / kWidth, n = rows * per_row;
+  const V* from = reinterpret_cast<const V*>(src);
+  for (int e0 = threadIdx.x; e0 < n; e0 += kInFlight * blockDim.x) {
+    V v[kInFlight];
+#pragma unroll
+    for (int j = 0; j < kInFlight; ++j)
+      if (const int e = e0 + j * blockDim.x; e < n) v[j] = __ldcg(from + e);
+#pragma unroll
+    for (int j = 0; j < kInFlight; ++j)
+      if (const int e = e0 + j * blockDim.x; e < n)
+        *reinterpret_cast<V*>(dst + (e / per_row) * ld + (e % per_row) * kWidth) = v[j];
+  }
+}
+
+template <typename scalar_t> struct Vec16;  // 16 bytes of scalar_t: one thread's widest load
+template <> struct Vec16<float> { using type = float4; };
+template <> struct Vec16<double> { using type = double2; };
 
 // Grid scope: every block of the batch tile arrives once per step; waiting for
 // (step + 1) * slices arrivals is a barrier across the tile's blocks only.
@@ -90,8 +117,8 @@ __global__ void __launch_bounds__(kMaxThreads)
   constexpr int kBuffers = state_buffers(kScope);
   const Layout lay(a.H, units, rows, groups, kBuffers);
   scalar_t* state = reinterpret_cast<scalar_t*>(block_shared_memory());  // [kBuffers][rows][ldh]
-  scalar_t* weights = state + lay.state;                      // [hpad][units]: M[u0 + u][k]
-  scalar_t* partials = weights + lay.weights;                 // [groups][rows][units]
+  scalar_t* weights = state + lay.state;  // [hpad + groups][units]: M[u0 + u][k] at k + k / kc
+  scalar_t* partials = weights + lay.weights;  // [groups][rows][units]
 
   const int tid = threadIdx.x, nthreads = blockDim.x, H = a.H;
   const int u0 = blockIdx.x * units, b0 = blockIdx.y * rows;
@@ -104,12 +131,12 @@ __global__ void __launch_bounds__(kMaxThreads)
     state[i] = a.init && i < rows * lay.ldh && r < my_rows && k < H
                    ? a.init[static_cast<int64_t>(b0 + r) * H + k] : scalar_t(0);
   }
-  for (int i = tid; i < lay.weights; i += nthreads) {
+  for (int i = tid; i < lay.hpad * units; i += nthreads) {
     const int u = kBackward ? i % units : i / lay.hpad, k = kBackward ? i / units : i % lay.hpad;
     const bool inside = u < my_units && k < H;
-    weights[k * units + u] = !inside ? scalar_t(0)
-                             : kBackward ? a.w_hh[static_cast<int64_t>(k) * H + u0 + u]
-                                         : a.w_hh[static_cast<int64_t>(u0 + u) * H + k];
+    weights[(k + k / lay.kc) * units + u] = !inside    ? scalar_t(0)
+                                            : kBackward ? a.w_hh[static_cast<int64_t>(k) * H + u0 + u]
+                                                        : a.w_hh[static_cast<int64_t>(u0 + u) * H + k];
   }
   if constexpr (kScope == Scope::kCluster) {
 #ifdef CHARRNN_HAS_CLUSTERS
@@ -123,7 +150,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 
   const int u = tid % units, group = tid / units;
   const int k0 = group * lay.kc, k1 = min(lay.hpad, k0 + lay.kc);
-  const scalar_t* w_col = weights + u;
+  const scalar_t* w_col = weights + group * units + u;  // past the spare rows of groups before
   // This thread's first (row, unit) of the pointwise part; its inputs from global memory are
   // loaded before the dot products so that their latency hides behind them.
   const bool first_inside = tid < my_rows * units && tid % units < my_units;
@@ -202,11 +229,13 @@ __global__ void __launch_bounds__(kMaxThreads)
     } else {
       if (i + 1 == a.T) break;  // the kernel's end orders the last step's writes
       tile_barrier(a.arrivals + blockIdx.y, static_cast<unsigned long long>(i + 1) * gridDim.x);
-      // Other blocks wrote s_t to global memory; read it through L2 (__ldcg), since this
-      // SM's L1 may hold stale lines of seq from earlier reads.
-      for (int r = 0; r < my_rows; ++r)
-        for (int k = tid; k < H; k += nthreads)
-          state[r * lay.ldh + k] = __ldcg(a.seq + (t * a.B + b0 + r) * H + k);
+      // The tile's rows of s_t, which the other blocks wrote, are contiguous in seq.
+      using V = typename Vec16<scalar_t>::type;
+      const scalar_t* s_t = a.seq + (t * a.B + b0) * H;
+      if (H % (sizeof(V) / sizeof(scalar_t)) == 0 && reinterpret_cast<uintptr_t>(s_t) % sizeof(V) == 0)
+        copy_rows_through_l2<V>(state, lay.ldh, s_t, my_rows, H);
+      else
+        copy_rows_through_l2<scalar_t>(state, lay.ldh, s_t, my_rows, H);
       __syncthreads();
     }
   }

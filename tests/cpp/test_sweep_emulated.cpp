@@ -139,6 +139,7 @@ int main() {
       {Scope::kGrid, 37, 5, 5, 10, 5, 3},
       {Scope::kGrid, 8, 9, 3, 2, 4, 1},
       {Scope::kGrid, 1, 3, 2, 1, 1, 1},
+      {Scope::kGrid, 64, 40, 3, 16, 20, 1},  // the state reload takes several rounds of loads
   };
   std::mt19937 rng(0);
   int failures = 0;
