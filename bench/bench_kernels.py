@@ -232,7 +232,7 @@ def run_cuda(args):
     for T, B, H in cuda_grid(args.quick):
         base = make_impls(T, B, E, H, "cuda")
         impls = {"fused": base["fused"]}
-        plans = {path: sweep_plan(B, H, path) for path in SWEEP_PATHS}
+        plans = {path: sweep_plan(B, H, path) for path in SWEEP_PATHS if path not in args.skip_paths}
         impls.update({f"fused:{path}": with_sweep_path(base["fused"], path)
                       for path, plan in plans.items() if plan is not None})
         impls.update({"cuDNN": base["nn.RNN"], "cuDNN-tf32": with_cudnn_tf32(base["nn.RNN"]),
@@ -262,6 +262,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--min-time", type=float, default=None, help="seconds of rounds per measurement")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/<device>-<date>.json)")
+    p.add_argument("--skip-paths", type=lambda s: s.split(","), default=[], metavar="P[,P...]",
+                   help="CUDA sweep paths to leave out of the per-path columns (e.g. one that hung)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
