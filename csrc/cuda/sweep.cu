@@ -168,8 +168,12 @@ bool plan_path(SweepPlan& p, int B, int H, const Device& dev, const char** why_n
         *why_not = "the device does not support cooperative launch";
         return false;
       }
-      // Fewest tiles first: every tile holds a whole copy of w_hh across its blocks.
-      for (int tiles = 1; tiles <= std::min(B, dev.sms); ++tiles) {
+      // Most tiles first. Every step each block reloads its tile's whole state from L2, so a
+      // step moves B * H * (blocks per tile) elements: splitting the batch into more tiles of
+      // fewer blocks cuts that traffic (and the blocks each barrier waits for), while the
+      // work per block stays B * H * H / (all blocks). What bounds it is shared memory: each
+      // tile holds a whole copy of w_hh across its blocks.
+      for (int tiles = std::min(B, dev.sms); tiles >= 1; --tiles) {
         p.rows = ceil_div(B, tiles);
         p.tiles = ceil_div(B, p.rows);
         // One block per multiprocessor, but at least a warp of threads per block (a small H
