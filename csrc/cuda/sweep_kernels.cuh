@@ -155,6 +155,10 @@ __global__ void __launch_bounds__(kMaxThreads)
   // loaded before the dot products so that their latency hides behind them.
   const bool first_inside = tid < my_rows * units && tid % units < my_units;
   const int64_t first_offset = static_cast<int64_t>(b0 + tid / units) * H + u0 + tid % units;
+  // The grid scope reloads each step's state with 16-byte loads where H and seq allow them.
+  using Wide = typename Vec16<scalar_t>::type;
+  const bool wide_reload = H % (sizeof(Wide) / sizeof(scalar_t)) == 0 &&
+                           reinterpret_cast<uintptr_t>(a.seq) % sizeof(Wide) == 0;
   int buffer = 0;
   for (int64_t i = 0; i < a.T; ++i) {
     const int64_t t = kBackward ? a.T - 1 - i : i;
@@ -230,10 +234,9 @@ __global__ void __launch_bounds__(kMaxThreads)
       if (i + 1 == a.T) break;  // the kernel's end orders the last step's writes
       tile_barrier(a.arrivals + blockIdx.y, static_cast<unsigned long long>(i + 1) * gridDim.x);
       // The tile's rows of s_t, which the other blocks wrote, are contiguous in seq.
-      using V = typename Vec16<scalar_t>::type;
       const scalar_t* s_t = a.seq + (t * a.B + b0) * H;
-      if (H % (sizeof(V) / sizeof(scalar_t)) == 0 && reinterpret_cast<uintptr_t>(s_t) % sizeof(V) == 0)
-        copy_rows_through_l2<V>(state, lay.ldh, s_t, my_rows, H);
+      if (wide_reload)
+        copy_rows_through_l2<Wide>(state, lay.ldh, s_t, my_rows, H);
       else
         copy_rows_through_l2<scalar_t>(state, lay.ldh, s_t, my_rows, H);
       __syncthreads();
