@@ -41,14 +41,14 @@ void sweep(bool backward, at::Tensor& seq, const at::Tensor& hidden, const at::T
         h_t.addmm_(t == 0 ? init : seq[t - 1], w_hh.t()).tanh_();
       }
     } else {
-      for (int64_t t = T - 1; t >= 0; --t) {
-        at::Tensor a_t = seq[t];
-        if (t + 1 < T) a_t.addmm_(seq[t + 1], w_hh);
-        AT_DISPATCH_FLOATING_TYPES(seq.scalar_type(), "charrnn_tanh_grad", [&] {
-          cuda::launch_tanh_grad(a_t.data_ptr<scalar_t>(), hidden[t].const_data_ptr<scalar_t>(),
-                                 B * H, stream);
-        });
-      }
+      AT_DISPATCH_FLOATING_TYPES(seq.scalar_type(), "charrnn_tanh_grad", [&] {
+        const scalar_t* h = hidden.const_data_ptr<scalar_t>();
+        for (int64_t t = T - 1; t >= 0; --t) {
+          at::Tensor a_t = seq[t];
+          if (t + 1 < T) a_t.addmm_(seq[t + 1], w_hh);
+          cuda::launch_tanh_grad(a_t.data_ptr<scalar_t>(), h + t * B * H, B * H, stream);
+        }
+      });
     }
     return;
   }
