@@ -197,6 +197,10 @@ def cuda_event_medians(runs, rounds):
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def times(ratio, digits):
+    return "-" if ratio is None else f"{ratio:.{digits}f}x"
+
+
 def cuda_markdown_table(rows):
     lines = ["| T | H | B | fused ms (path) | cuDNN ms | vs cuDNN | cuDNN TF32 ms | vs TF32 | step-loop ms "
              "| vs loop | block / cluster / grid / steps ms | peak MB fused / cuDNN |",
@@ -205,10 +209,11 @@ def cuda_markdown_table(rows):
         ms = r["median_ms"]
         paths = " / ".join(f"{ms['fused:' + p]:.3f}" if "fused:" + p in ms else "-" for p in SWEEP_PATHS)
         mem = r["peak_mb_fwd_bwd"]
-        lines.append(f"| {r['T']} | {r['H']} | {r['B']} | {ms['fused']:.3f} ({r['auto_plan']['path']}) | "
-                     f"{ms['cuDNN']:.3f} | {r['speedup_vs_cudnn']:.2f}x | {ms['cuDNN-tf32']:.3f} | "
-                     f"{r['speedup_vs_cudnn_tf32']:.2f}x | {ms['step-loop']:.2f} | "
-                     f"{r['speedup_vs_step_loop']:.1f}x | {paths} | "
+        fused = f"{ms['fused']:.3f} ({r['auto_plan']['path']})" if "fused" in ms else f"- ({r['auto_plan']['path']} skipped)"
+        lines.append(f"| {r['T']} | {r['H']} | {r['B']} | {fused} | "
+                     f"{ms['cuDNN']:.3f} | {times(r['speedup_vs_cudnn'], 2)} | {ms['cuDNN-tf32']:.3f} | "
+                     f"{times(r['speedup_vs_cudnn_tf32'], 2)} | {ms['step-loop']:.2f} | "
+                     f"{times(r['speedup_vs_step_loop'], 1)} | {paths} | "
                      f"{mem.get('fused', 0):.1f} / {mem.get('nn.RNN', 0):.1f} |")
     return "\n".join(lines)
 
@@ -219,7 +224,7 @@ def cuda_grid(quick):
     return [(100, B, H) for H in hs for B in bs] + [(T, 32, 512) for T in (50, 256)]
 
 
-def run_cuda(args):
+def run_cuda(args, save):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     E = 64
@@ -231,7 +236,11 @@ def run_cuda(args):
           f"{'x TF32':>7} {'x loop':>7}  per path ms", flush=True)
     for T, B, H in cuda_grid(args.quick):
         base = make_impls(T, B, E, H, "cuda")
-        impls = {"fused": base["fused"]}
+        auto_plan = sweep_plan(B, H, "auto")
+        # A path that hung in the tests would hang the benchmark too, in its own column or in
+        # auto's wherever auto picks it: both are left out, and the row's ratios with auto's.
+        skip_auto = "auto" in args.skip_paths or auto_plan["path"] in args.skip_paths
+        impls = {} if skip_auto else {"fused": base["fused"]}
         plans = {path: sweep_plan(B, H, path) for path in SWEEP_PATHS if path not in args.skip_paths}
         impls.update({f"fused:{path}": with_sweep_path(base["fused"], path)
                       for path, plan in plans.items() if plan is not None})
@@ -240,18 +249,21 @@ def run_cuda(args):
         med = cuda_event_medians({name: fwd_bwd(fn) for name, fn in impls.items()}, rounds)
         mem = peak_memory(T, B, E, H, "cuda")
         flops = 6 * T * B * (H * H + E * H)
-        row = dict(T=T, B=B, E=E, H=H, mode="fwd+bwd", rounds=rounds, auto_plan=sweep_plan(B, H, "auto"),
+        over_fused = lambda name: None if skip_auto else med[name] / med["fused"]
+        row = dict(T=T, B=B, E=E, H=H, mode="fwd+bwd", rounds=rounds, auto_plan=auto_plan,
                    plans=plans, median_ms={k: v * 1e3 for k, v in med.items()},
-                   speedup_vs_cudnn=med["cuDNN"] / med["fused"],
-                   speedup_vs_cudnn_tf32=med["cuDNN-tf32"] / med["fused"],
-                   speedup_vs_step_loop=med["step-loop"] / med["fused"],
-                   fused_gflops=flops / med["fused"] / 1e9,
+                   speedup_vs_cudnn=over_fused("cuDNN"),
+                   speedup_vs_cudnn_tf32=over_fused("cuDNN-tf32"),
+                   speedup_vs_step_loop=over_fused("step-loop"),
+                   fused_gflops=None if skip_auto else flops / med["fused"] / 1e9,
                    peak_mb_fwd_bwd={k: v / 2 ** 20 for k, v in mem.items()})
         rows.append(row)
+        save(rows)  # row by row: a run cut short by its time limit keeps what it measured
         per_path = " ".join(f"{p}={med['fused:' + p] * 1e3:.3f}" for p in SWEEP_PATHS if "fused:" + p in med)
-        print(f"{T:>4} {H:>5} {B:>4} {row['auto_plan']['path']:>8} {med['fused'] * 1e3:>9.3f} "
-              f"{med['cuDNN'] * 1e3:>9.3f} {row['speedup_vs_cudnn']:>8.2f} {row['speedup_vs_cudnn_tf32']:>7.2f} "
-              f"{row['speedup_vs_step_loop']:>7.1f}  {per_path}", flush=True)
+        fused_ms = "skipped" if skip_auto else f"{med['fused'] * 1e3:.3f}"
+        print(f"{T:>4} {H:>5} {B:>4} {auto_plan['path']:>8} {fused_ms:>9} {med['cuDNN'] * 1e3:>9.3f} "
+              f"{times(row['speedup_vs_cudnn'], 2):>8} {times(row['speedup_vs_cudnn_tf32'], 2):>7} "
+              f"{times(row['speedup_vs_step_loop'], 1):>7}  {per_path}", flush=True)
     return rows
 
 
@@ -273,12 +285,12 @@ def main(argv=None):
     out = args.out or RESULTS / f"{args.device}-{date}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.device == "cuda":
-        rows = run_cuda(args)
         env = dict(date=date, commit=git_commit(), device="cuda", gpu=torch.cuda.get_device_name(),
                    capability=".".join(map(str, torch.cuda.get_device_capability())),
                    torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                   driver_visible_devices=torch.cuda.device_count(), build_info=charrnn_ext.build_info())
-        out.write_text(json.dumps(dict(env=env, rows=rows), indent=1))
+                   driver_visible_devices=torch.cuda.device_count(), build_info=charrnn_ext.build_info(),
+                   skip_paths=args.skip_paths)
+        rows = run_cuda(args, lambda rows: out.write_text(json.dumps(dict(env=env, rows=rows), indent=1)))
         print(f"wrote {out}\n")
         print(cuda_markdown_table(rows))
         return rows

@@ -73,3 +73,32 @@ def test_cuda_benchmark_code_runs_on_a_cpu_stand_in(bench_on_cpu, tmp_path, caps
     table = [line for line in capsys.readouterr().out.split("wrote")[1].splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(rows) and table[0].startswith("| T | H | B |")
     assert table[3].startswith("| 3 | 9 | 1 |") and " / - / - / " in table[3]  # cluster, grid absent
+
+
+def test_a_hung_path_auto_would_pick_is_left_out_of_auto_and_the_ratios(bench_on_cpu, tmp_path, capsys):
+    # The stand-in planner's auto picks block; gpu_check.sh passes a path that hung in the tests.
+    out = tmp_path / "cuda.json"
+    rows = bench_on_cpu.main(["--device", "cuda", "--quick", "--skip-paths", "block", "--out", str(out)])
+
+    for row in rows:
+        assert "fused" not in row["median_ms"] and "fused:block" not in row["median_ms"]
+        assert "fused:steps" in row["median_ms"] and "cuDNN" in row["median_ms"]
+        assert row["speedup_vs_cudnn"] is None and row["fused_gflops"] is None
+    assert json.loads(out.read_text())["env"]["skip_paths"] == ["block"]
+    table = [line for line in capsys.readouterr().out.split("wrote")[1].splitlines() if line.startswith("|")]
+    assert "| - (block skipped) |" in table[2] and "| - / " in table[2]
+
+
+def test_rows_measured_before_an_interruption_are_saved(bench_on_cpu, tmp_path, monkeypatch):
+    make_impls = bench_on_cpu.make_impls
+
+    def interrupted_at_the_second_size(T, B, E, H, device):
+        if (T, B, H) == (3, 1, 9):
+            raise KeyboardInterrupt  # as the script's time limit would stop it
+        return make_impls(T, B, E, H, device)
+
+    monkeypatch.setattr(bench_on_cpu, "make_impls", interrupted_at_the_second_size)
+    out = tmp_path / "cuda.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench_on_cpu.main(["--device", "cuda", "--quick", "--out", str(out)])
+    assert [(r["T"], r["B"], r["H"]) for r in json.loads(out.read_text())["rows"]] == [(4, 2, 5)]
