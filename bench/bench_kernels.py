@@ -209,7 +209,8 @@ def cuda_markdown_table(rows):
         ms = r["median_ms"]
         paths = " / ".join(f"{ms['fused:' + p]:.3f}" if "fused:" + p in ms else "-" for p in SWEEP_PATHS)
         mem = r["peak_mb_fwd_bwd"]
-        fused = f"{ms['fused']:.3f} ({r['auto_plan']['path']})" if "fused" in ms else f"- ({r['auto_plan']['path']} skipped)"
+        auto = r["auto_plan"]["path"]
+        fused = f"{ms['fused']:.3f} ({auto})" if "fused" in ms else f"- ({auto} skipped)"
         lines.append(f"| {r['T']} | {r['H']} | {r['B']} | {fused} | "
                      f"{ms['cuDNN']:.3f} | {times(r['speedup_vs_cudnn'], 2)} | {ms['cuDNN-tf32']:.3f} | "
                      f"{times(r['speedup_vs_cudnn_tf32'], 2)} | {ms['step-loop']:.2f} | "

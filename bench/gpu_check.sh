@@ -18,6 +18,9 @@ status=0
 DEADLINE=${DEADLINE:-420}  # seconds for the whole script; each step gets at most what is left
 step() { echo; echo "== $* ($(date +%T), ${SECONDS}s in)"; }
 left() { local n=$((DEADLINE - SECONDS)); (( n < $1 )) && echo $((n > 10 ? n : 10)) || echo "$1"; }
+# Runs a command for at most $1 seconds, fewer if the deadline is nearer; SIGKILL 10 s after the
+# SIGTERM, should a process not die while it waits on the GPU. Exit 124 or 137 when stopped.
+limited() { local seconds; seconds=$(left "$1"); shift; timeout -k 10 "$seconds" "$@"; }
 
 if compgen -G ".whl/*.whl" >/dev/null; then  # test-only packages carried as wheels
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -34,8 +37,8 @@ step "build for sm_90 only"
 export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 CHARRNN_CUDA=1
 rm -f charrnn_ext/_C*.so
 # In place: nothing to download and no install metadata needed; pip first, as users build.
-timeout -k 10 $(left 200) $PY -m pip install -q --no-deps --no-build-isolation -e . \
-  || timeout -k 10 $(left 120) $PY setup.py -q build_ext --inplace || { echo "BUILD FAILED"; exit 1; }
+limited 200 $PY -m pip install -q --no-deps --no-build-isolation -e . \
+  || limited 120 $PY setup.py -q build_ext --inplace || { echo "BUILD FAILED"; exit 1; }
 $PY -c "import charrnn_ext; print(charrnn_ext.build_info())" || { echo "IMPORT FAILED"; exit 1; }
 $PY - <<'EOF'
 import charrnn_ext
@@ -54,28 +57,27 @@ EOF
 step "CUDA tests, each sweep path in its own process"
 # A sweep that never finishes (a barrier nobody reaches) takes its process with it. One pytest
 # per path, with a time limit, so a hang costs that path's limit, not the run; it is named,
-# and the benchmark leaves it out (auto too, at the sizes where auto picks it). SIGKILL 10 s
-# after the SIGTERM, should a process not die waiting on the GPU.
+# and the benchmark leaves it out (auto too, at the sizes where auto picks it).
 paths="block cluster grid steps auto"
 hung=()
 for path in $paths; do
-  timeout -k 10 $(left 60) $PY -m pytest -q --maxfail=10 -p no:cacheprovider tests/test_cuda_ops.py -k "$path" \
+  limited 60 $PY -m pytest -q --maxfail=10 -p no:cacheprovider tests/test_cuda_ops.py -k "$path" \
     --junitxml="$OUT/junit-cuda-ops-$path.xml"
   rc=$?
   (( rc == 124 || rc == 137 )) && { echo "HUNG: path $path, killed"; hung+=("$path"); }
   (( rc != 0 )) && status=1
 done
-timeout -k 10 $(left 60) $PY -m pytest -q -p no:cacheprovider tests/test_cuda_ops.py \
+limited 60 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_ops.py \
   -k "not (${paths// / or })" --junitxml="$OUT/junit-cuda-ops-other.xml" || status=1
 skip_paths=()
 (( ${#hung[@]} )) && skip_paths=(--skip-paths "$(IFS=,; echo "${hung[*]}")") && echo "the benchmark leaves out: ${hung[*]}"
 # torch.compile on CUDA compiles Triton kernels for minutes; its tests run on the CPU in CI.
-timeout -k 10 $(left 90) $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_nn.py \
+limited 90 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_nn.py \
   -k "cuda and not compile" \
   --junitxml="$OUT/junit-ops-cuda.xml" || status=1
 
 step "kernel benchmark against cuDNN"
-timeout -k 10 $(left 180) $PY bench/bench_kernels.py --device cuda ${QUICK:+--quick} "${skip_paths[@]}" \
+limited 180 $PY bench/bench_kernels.py --device cuda ${QUICK:+--quick} "${skip_paths[@]}" \
   --out "$OUT/cuda-$(date +%F).json" || status=1
 
 step "done, status $status"
