@@ -261,5 +261,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def program() -> None:
+    """The `charrnn` program (and `python -m charrnn_ext`): main(), then leave the process.
+
+    A torchrun rank leaves with os._exit, skipping interpreter finalization. Under torch 2.14 the
+    gloo worker threads outlive destroy_process_group (torch.distributed.nn holds the group in its
+    functions' defaults), and a worker still dropping the last collective's tensors while the
+    interpreter finalizes takes the GIL and aborts the process: SIGABRT, "terminate called without
+    an active exception", about one run in 60. By then the rank has passed the final barrier and
+    closed its files, so nothing is lost; only the streams need flushing."""
+    code = main()
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    program()

@@ -82,6 +82,29 @@ def test_bench_finds_the_checkout_or_says_why(monkeypatch, tmp_path, capsys):
         assert calls[-1][1:] == [str(ROOT / "bench" / "bench_train.py"), "--time-limit", "5"]
 
 
+def test_a_torchrun_rank_leaves_without_finalizing(tiny_config, tmp_path):
+    """Under torchrun (WORLD_SIZE > 1) the program skips interpreter finalization (where gloo's
+    worker threads can abort the process), yet its exit code and buffered output still arrive."""
+    from charrnn_ext.train import Trainer
+    Trainer(tiny_config(max_steps=1, eval_every=0)).run()
+    ckpt = tmp_path / "run" / "last.pt"
+    code = ("import atexit, sys; atexit.register(lambda: print('finalized')); "
+            "from charrnn_ext.cli import program; sys.argv[1:] = ['info', '--json', sys.argv[1]]; program()")
+
+    def program(path, world):
+        env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "PYTHONUNBUFFERED")}
+        env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])), **world)
+        return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+                              cwd=ROOT, timeout=120)
+
+    alone, rank = program(ckpt, {}), program(ckpt, {"WORLD_SIZE": "2"})
+    assert alone.returncode == 0 and alone.stdout.rstrip().endswith("finalized"), alone.stderr
+    assert rank.returncode == 0 and "finalized" not in rank.stdout, rank.stderr
+    assert json.loads(rank.stdout)["step"] == 1  # stdout is a pipe (block-buffered): flushed before leaving
+    missing = program(tmp_path / "none.pt", {"WORLD_SIZE": "2"})
+    assert missing.returncode == 2 and "none.pt" in missing.stderr and "finalized" not in missing.stdout
+
+
 def test_python_dash_m_is_the_cli():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     r = subprocess.run([sys.executable, "-m", "charrnn_ext", "train", "--help"], capture_output=True, text=True,
