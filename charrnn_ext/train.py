@@ -229,10 +229,8 @@ def end_distributed() -> None:
     """Tear down the process group a distributed Trainer started (after a successful run).
 
     The barrier first: a rank that tears down its gloo pairs while a peer still talks to them
-    can abort that peer at exit (seen with torch 2.14.1, about one run in ten). Past it, every
-    collective has finished on every rank; the group's worker threads still live on (torch keeps
-    the group referenced), which is why the `charrnn` program leaves a rank with os._exit
-    (cli.program)."""
+    can abort that peer at exit (seen with torch 2.14.1, about one run in ten). Past it every
+    collective has finished on every rank, which cli.program relies on."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

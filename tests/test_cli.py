@@ -14,6 +14,13 @@ TINY = ["--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--
         "--eval-every", "3", "--log-every", "2", "--no-progress", "--seed", "0"]
 
 
+def subprocess_env(drop=(), **set_vars) -> dict:
+    """This environment for a child python, with the checkout importable."""
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return {**env, **set_vars}
+
+
 def test_train_sample_info_end_to_end(small_text, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--data", str(small_text), "--out", str(out), "--max-steps", "5", *TINY]) == 0
@@ -91,24 +98,22 @@ def test_a_torchrun_rank_leaves_without_finalizing(tiny_config, tmp_path):
     code = ("import atexit, sys; atexit.register(lambda: print('finalized')); "
             "from charrnn_ext.cli import program; sys.argv[1:] = ['info', '--json', sys.argv[1]]; program()")
 
-    def program(path, world):
-        env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "PYTHONUNBUFFERED")}
-        env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])), **world)
+    def run_program(path, world):
+        env = subprocess_env(drop=("WORLD_SIZE", "PYTHONUNBUFFERED"), **world)
         return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
                               cwd=ROOT, timeout=120)
 
-    alone, rank = program(ckpt, {}), program(ckpt, {"WORLD_SIZE": "2"})
+    alone, rank = run_program(ckpt, {}), run_program(ckpt, {"WORLD_SIZE": "2"})
     assert alone.returncode == 0 and alone.stdout.rstrip().endswith("finalized"), alone.stderr
     assert rank.returncode == 0 and "finalized" not in rank.stdout, rank.stderr
     assert json.loads(rank.stdout)["step"] == 1  # stdout is a pipe (block-buffered): flushed before leaving
-    missing = program(tmp_path / "none.pt", {"WORLD_SIZE": "2"})
+    missing = run_program(tmp_path / "none.pt", {"WORLD_SIZE": "2"})
     assert missing.returncode == 2 and "none.pt" in missing.stderr and "finalized" not in missing.stdout
 
 
 def test_python_dash_m_is_the_cli():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     r = subprocess.run([sys.executable, "-m", "charrnn_ext", "train", "--help"], capture_output=True, text=True,
-                       env=env, cwd=ROOT, timeout=120)
+                       env=subprocess_env(), cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     for flag in ("--data", "--corpus", "--cell", "--time-limit", "--resume", "--threads", "(default: rnn)"):
         assert flag in r.stdout
