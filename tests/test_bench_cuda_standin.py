@@ -53,6 +53,11 @@ def bench_on_cpu(monkeypatch):
     sys.modules.pop("bench_kernels", None)
 
 
+def printed_table(capsys):
+    """The markdown table's lines that main() printed after the JSON's path."""
+    return [line for line in capsys.readouterr().out.split("wrote")[1].splitlines() if line.startswith("|")]
+
+
 def test_cuda_benchmark_code_runs_on_a_cpu_stand_in(bench_on_cpu, tmp_path, capsys):
     out = tmp_path / "cuda.json"
     rows = bench_on_cpu.main(["--device", "cuda", "--quick", "--skip-paths", "grid", "--out", str(out)])
@@ -70,7 +75,7 @@ def test_cuda_benchmark_code_runs_on_a_cpu_stand_in(bench_on_cpu, tmp_path, caps
         assert row["speedup_vs_step_loop"] == pytest.approx(ms["step-loop"] / ms["fused"])
         assert set(row["peak_mb_fwd_bwd"]) == {"fused", "nn.RNN", "step-loop"}
 
-    table = [line for line in capsys.readouterr().out.split("wrote")[1].splitlines() if line.startswith("|")]
+    table = printed_table(capsys)
     assert len(table) == 2 + len(rows) and table[0].startswith("| T | H | B |")
     assert table[3].startswith("| 3 | 9 | 1 |") and " / - / - / " in table[3]  # cluster, grid absent
 
@@ -85,7 +90,7 @@ def test_a_hung_path_auto_would_pick_is_left_out_of_auto_and_the_ratios(bench_on
         assert "fused:steps" in row["median_ms"] and "cuDNN" in row["median_ms"]
         assert row["speedup_vs_cudnn"] is None and row["fused_gflops"] is None
     assert json.loads(out.read_text())["env"]["skip_paths"] == ["block"]
-    table = [line for line in capsys.readouterr().out.split("wrote")[1].splitlines() if line.startswith("|")]
+    table = printed_table(capsys)
     assert "| - (block skipped) |" in table[2] and "| - / " in table[2]
 
 
