@@ -27,10 +27,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
+from charrnn_ext.cli import add_config_flags  # noqa: E402
+from charrnn_ext.model import CELLS as ALL_CELLS  # noqa: E402
 from charrnn_ext.train import TrainConfig, Trainer  # noqa: E402
 from common import git_commit  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-ALL_CELLS = ("rnn", "rnn-torch", "lstm", "gru")
+# The trainer's settings this benchmark lets you change, applied to every cell.
+OVERRIDES = ("hidden_size", "num_layers", "embedding_size", "batch_size", "seq_len", "eval_every",
+             "dropout", "lr", "lr_decay", "weight_decay")
 
 
 def main(argv=None) -> int:
@@ -46,14 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", default=None, help="keep each cell's checkpoints here (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 s per cell, rnn and rnn-torch")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    # model/optimisation overrides, applied to every cell
-    defaults = TrainConfig()
-    for name in ("hidden_size", "num_layers", "embedding_size", "batch_size", "seq_len", "eval_every"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
-                       help="(default: %(default)s)")
-    for name in ("dropout", "lr", "lr_decay", "weight_decay"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
-                       help="(default: %(default)s)")
+    add_config_flags(p, TrainConfig, names=OVERRIDES, keep_defaults=True)
     args = p.parse_args(argv)
     cells = ["rnn", "rnn-torch"] if args.quick and args.cells == ",".join(ALL_CELLS) else args.cells.split(",")
     if args.quick:
@@ -72,11 +69,7 @@ def main(argv=None) -> int:
     for cell in cells:
         cfg = TrainConfig(data=args.data, data_dir=args.data_dir, cell=cell, time_limit=args.time_limit,
                           out=str(runs_dir / cell), threads=args.threads, device=args.device,
-                          progress=not args.no_progress, hidden_size=args.hidden_size,
-                          num_layers=args.num_layers, embedding_size=args.embedding_size,
-                          batch_size=args.batch_size, seq_len=args.seq_len, eval_every=args.eval_every,
-                          dropout=args.dropout, lr=args.lr, lr_decay=args.lr_decay,
-                          weight_decay=args.weight_decay)
+                          progress=not args.no_progress, **{name: getattr(args, name) for name in OVERRIDES})
         trainer = Trainer(cfg)
         print(f"== {cell}: {trainer.model.num_parameters():,} parameters, {args.time_limit:.0f} s", file=sys.stderr)
         s = trainer.run()

@@ -11,6 +11,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from .distributed import exit_process
+from .errors import CharRNNError, MissingFileError, PeerLostError
+from .options import value_type
+
 EPILOG = """\
 examples:
   CHARRNN_DATA_DIR=DIR charrnn train --out runs/shakespeare     # tiny shakespeare, 10 minutes
@@ -21,57 +25,30 @@ examples:
   charrnn info runs/mine/best.pt
 """
 
-# (flag, config field, type, help); defaults come from TrainConfig so they cannot drift.
-TRAIN_FLAGS = [
-    ("--data", "data", str, "UTF-8 text file to train on (default: the --corpus)"),
-    ("--corpus", "corpus", str, "named corpus, found in --data-dir, $CHARRNN_DATA_DIR or ~/.cache/charrnn, "
-                                "else downloaded"),
-    ("--data-dir", "data_dir", str, "directory to look in first for the named corpus (default: none)"),
-    ("--encoding-errors", "encoding_errors", str, "invalid UTF-8: strict (error with the byte offset), "
-                                                  "replace or ignore"),
-    ("--val-frac", "val_frac", float, "fraction of the text (its end) held out for validation"),
-    ("--test-frac", "test_frac", float, "fraction held out for a final test loss"),
-    ("--out", "out", str, "directory for checkpoints (last.pt, best.pt), metrics.jsonl and loss.png"),
-    ("--cell", "cell", str, "rnn (fused tanh RNN), rnn-torch (torch.nn.RNN), gru or lstm"),
-    ("--hidden-size", "hidden_size", int, "hidden units per layer"),
-    ("--num-layers", "num_layers", int, "recurrent layers"),
-    ("--embedding-size", "embedding_size", int, "character embedding size; 0 for one-hot input"),
-    ("--dropout", "dropout", float, "dropout between layers and before the softmax head"),
-    ("--seq-len", "seq_len", int, "window length (steps of truncated backpropagation through time)"),
-    ("--batch-size", "batch_size", int, "parallel text columns per window"),
-    ("--optimizer", "optimizer", str, "adam, adagrad, rmsprop or sgd"),
-    ("--lr", "lr", float, "learning rate"),
-    ("--lr-decay", "lr_decay", float, "per-epoch decay: lr * lr_decay**epoch"),
-    ("--momentum", "momentum", float, "sgd momentum"),
-    ("--weight-decay", "weight_decay", float, "L2 weight decay"),
-    ("--grad-clip", "grad_clip", float, "gradient clipping threshold; 0 disables"),
-    ("--clip-mode", "clip_mode", str, "norm (global L2 norm) or value (elementwise, as min-char-rnn)"),
-    ("--loss-reduction", "loss_reduction", str, "mean over characters, or sum over the window (min-char-rnn)"),
-    ("--max-steps", "max_steps", int, "stop after this many optimizer steps in total"),
-    ("--max-epochs", "max_epochs", int, "stop after this many epochs"),
-    ("--time-limit", "time_limit", float, "stop after this many seconds of this run; 0: no limit"),
-    ("--eval-every", "eval_every", int, "validate and checkpoint every N steps (0: only at the end)"),
-    ("--eval-windows", "eval_windows", int, "at most this many validation windows per evaluation"),
-    ("--log-every", "log_every", int, "write a metrics line every N steps"),
-    ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
-    ("--dtype", "dtype", str, "float32 or float64"),
-    ("--seed", "seed", int, "random seed (initialisation, dropout)"),
-    ("--threads", "threads", int, "CPU threads for torch (default: torch's choice)"),
-    ("--max-nonfinite", "max_nonfinite", int, "stop after this many non-finite steps in a row"),
-]
-
-CHOICES = {"cell": ["rnn", "rnn-torch", "gru", "lstm"], "optimizer": ["adam", "adagrad", "rmsprop", "sgd"],
-           "clip_mode": ["norm", "value"], "loss_reduction": ["mean", "sum"],
-           "dtype": ["float32", "float64"], "encoding_errors": ["strict", "replace", "ignore"]}
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-class CLIError(Exception):
-    pass
+def add_config_flags(parser: argparse.ArgumentParser, config_cls, names=None, keep_defaults=False) -> None:
+    """One flag per field of a config dataclass (or of `names`), its type, choices, default
+    and help taken from the field (options.py). Without keep_defaults, a flag the user did not
+    give stays out of the namespace, so --resume can tell an explicit override from a default."""
+    for f in fields(config_cls):
+        if names is not None and f.name not in names:
+            continue
+        meta, default = f.metadata, f.default
+        shown = f"{meta['help']} (default: {'none' if default is None else default})"
+        kw = dict(dest=f.name, default=default if keep_defaults else argparse.SUPPRESS,
+                  help=meta["help"] if "default" in meta["help"] else shown)
+        if value_type(f) is bool:
+            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kw)
+        else:
+            parser.add_argument(flag_name(f.name), type=value_type(f), choices=meta["choices"],
+                                metavar=None if meta["choices"] else f.name.upper().replace("_", "-"), **kw)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .train import TrainConfig
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; the train flags (which need the trainer) only for `train`."""
     p = argparse.ArgumentParser(prog="charrnn", description="Character-level RNN language models: "
                                 "train on a text file, sample from the model.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
@@ -82,17 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "Ctrl-C writes a checkpoint and stops; --resume continues exactly. Launched by "
                        "torchrun, trains data-parallel (DDP) with the batch columns split over the processes.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    for flag, name, typ, text in TRAIN_FLAGS:
-        d = defaults[name]
-        # SUPPRESS keeps flags the user did not give out of the namespace, so --resume can
-        # tell an explicit override from a default.
-        t.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS, choices=CHOICES.get(name),
-                       metavar=None if name in CHOICES else name.upper().replace("_", "-"),
-                       help=text if "default" in text else f"{text} (default: {'none' if d is None else d})")
-    t.add_argument("--no-plot", dest="plot", action="store_false", default=argparse.SUPPRESS,
-                   help="do not write loss.png")
-    t.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
-                   help="no progress bar")
+    if command == "train":
+        from .train import TrainConfig
+        add_config_flags(t, TrainConfig)
     t.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue from a checkpoint (a file, or a directory's last.pt; "
                         "without a value: --out's last.pt)")
@@ -124,9 +93,9 @@ def _resolve_ckpt(path: str, prefer=("best.pt", "last.pt")) -> Path:
         for name in prefer:
             if (p / name).is_file():
                 return p / name
-        raise CLIError(f"no {' or '.join(prefer)} in {p}")
+        raise MissingFileError(f"no {' or '.join(prefer)} in {p}")
     if not p.is_file():
-        raise CLIError(f"no checkpoint at {p}")
+        raise MissingFileError(f"no checkpoint at {p}")
     return p
 
 
@@ -137,28 +106,26 @@ def _rank_tag() -> str:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, Trainer, end_distributed
+    from .train import TrainConfig, Trainer
     given = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
     if "time_limit" in given and given["time_limit"] <= 0:
         given["time_limit"] = None
     if args.resume is not None:
-        src = args.resume or given.get("out", TrainConfig.out)
-        ckpt = _resolve_ckpt(src, prefer=("last.pt",))
+        ckpt = _resolve_ckpt(args.resume or given.get("out", TrainConfig.out), prefer=("last.pt",))
         trainer = Trainer(None, resume=ckpt, overrides=given)
     else:
         trainer = Trainer(TrainConfig(**given))
-    c, rank0 = trainer.cfg, trainer.is_main  # under torchrun, rank 0 alone reports
-    if rank0 and args.resume is not None:
-        print(f"resuming {ckpt} at step {trainer.step} (epoch {trainer.epoch})", file=sys.stderr)
-    ddp = (f" x {trainer.world} processes (DDP, {c.batch_size // trainer.world} columns each)"
-           if trainer.world > 1 else "")
-    if rank0:
-        print(f"data {trainer.data_path}: {trainer.data_info['chars']:,} chars, vocab {len(trainer.vocab)}, "
-              f"{len(trainer.train_batches)} windows/epoch | {c.cell} {c.num_layers}x{c.hidden_size} "
-              f"emb {c.embedding_size}, {trainer.model.num_parameters():,} params | {trainer.device}{ddp} | "
-              f"out {trainer.out}", file=sys.stderr)
-    summary = trainer.run()
-    end_distributed()
+    with trainer:
+        c, rank0, world = trainer.cfg, trainer.is_main, trainer.dist.world  # rank 0 alone reports
+        if rank0 and args.resume is not None:
+            print(f"resuming {ckpt} at step {trainer.step} (epoch {trainer.epoch})", file=sys.stderr)
+        ddp = f" x {world} processes (DDP, {c.batch_size // world} columns each)" if world > 1 else ""
+        if rank0:
+            print(f"data {trainer.data_path}: {trainer.data_info['chars']:,} chars, vocab {len(trainer.vocab)}, "
+                  f"{len(trainer.train_batches)} windows/epoch | {c.cell} {c.num_layers}x{c.hidden_size} "
+                  f"emb {c.embedding_size}, {trainer.model.num_parameters():,} params | {trainer.device}{ddp} | "
+                  f"out {trainer.out}", file=sys.stderr)
+        summary = trainer.run()
     code = 130 if summary["stop"] == "interrupted" else 0
     if not rank0:
         return code
@@ -185,7 +152,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .train import load_checkpoint
+    from .checkpoint import load_checkpoint
     path = _resolve_ckpt(args.checkpoint)
     ck = load_checkpoint(path)
     nparams = sum(v.numel() for v in ck["model"].values())
@@ -225,7 +192,7 @@ def cmd_bench(argv: list[str]) -> int:
         argv = argv[1:]
     script = Path(__file__).resolve().parent.parent / "bench" / name
     if not script.is_file():
-        raise CLIError(f"`charrnn bench` runs bench/{name} from a source checkout, and there is none at "
+        raise CharRNNError(f"`charrnn bench` runs bench/{name} from a source checkout, and there is none at "
                        f"{script} (a regular, non-editable install has no bench/). Clone the repository, "
                        f"`pip install -e .` it, or run `python bench/{name}` there.")
     return subprocess.call([sys.executable, str(script), *argv])
@@ -233,26 +200,16 @@ def cmd_bench(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    import torch.distributed as dist
-
-    from .data import CorpusError
-    from .train import TrainingError
     try:
         if argv[:1] == ["bench"]:
             return cmd_bench(argv[1:])
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv[0] if argv else None).parse_args(argv)
         return {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command](args)
-    except (CLIError, CorpusError, TrainingError, ValueError, FileNotFoundError) as e:
+    except CharRNNError as e:
         print(f"charrnn: error{_rank_tag()}: {e}", file=sys.stderr)
         return 2
-    except (dist.DistError, RuntimeError) as e:
-        # Under torchrun, a collective that fails (nccl: DistError; gloo: a RuntimeError from gloo)
-        # means a peer is gone; it failed first and says why. Anything else keeps its traceback.
-        if not (_rank_tag() and (isinstance(e, dist.DistError) or "gloo" in str(e))):
-            raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"charrnn: error{_rank_tag()}: lost contact with the other training processes ({first}); "
-              "another rank probably failed first, see its message", file=sys.stderr)
+    except PeerLostError as e:
+        print(f"charrnn: error{_rank_tag()}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("charrnn: interrupted", file=sys.stderr)
@@ -262,20 +219,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def program() -> None:
-    """The `charrnn` program (and `python -m charrnn_ext`): main(), then leave the process.
-
-    A torchrun rank leaves with os._exit, skipping interpreter finalization. Under torch 2.14 the
-    gloo worker threads outlive destroy_process_group (torch.distributed.nn holds the group in its
-    functions' defaults), and a worker still dropping the last collective's tensors while the
-    interpreter finalizes takes the GIL and aborts the process: SIGABRT, "terminate called without
-    an active exception", about one run in 60. By then the rank has passed the final barrier and
-    closed its files, so nothing is lost; only the streams need flushing."""
-    code = main()
-    if os.environ.get("WORLD_SIZE", "1") != "1":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    """The `charrnn` program (and `python -m charrnn_ext`): main(), then leave the process
+    (distributed.exit_process: a torchrun rank skips interpreter finalization)."""
+    exit_process(main())
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import CharRNNError, CorpusError, MissingFileError
+
 # name -> (file name, canonical URL, sha256, size in bytes)
 CORPORA = {
     "tinyshakespeare": (
@@ -28,10 +30,6 @@ CORPORA = {
 }
 
 DATA_DIR_ENV = "CHARRNN_DATA_DIR"
-
-
-class CorpusError(RuntimeError):
-    """A corpus could not be found, fetched, verified or decoded."""
 
 
 def cache_dir() -> Path:
@@ -98,7 +96,7 @@ def read_text(path: str | os.PathLike, errors: str = "strict") -> str:
     byte; 'replace' or 'ignore' are passed to bytes.decode."""
     path = Path(path)
     if not path.is_file():
-        raise CorpusError(f"no such file: {path}")
+        raise MissingFileError(f"no such file: {path}")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8", errors=errors)
@@ -118,16 +116,16 @@ class Vocab:
     def __init__(self, chars):
         chars = list(chars)
         if len(set(chars)) != len(chars):
-            raise ValueError("vocabulary has duplicate characters")
+            raise CharRNNError("vocabulary has duplicate characters")
         if any(len(c) != 1 for c in chars):
-            raise ValueError("vocabulary entries must be single characters")
+            raise CharRNNError("vocabulary entries must be single characters")
         self.chars = chars
         self.index = {c: i for i, c in enumerate(chars)}
 
     @classmethod
     def from_text(cls, text: str) -> "Vocab":
         if not text:
-            raise ValueError("cannot build a vocabulary from empty text")
+            raise CharRNNError("cannot build a vocabulary from empty text")
         return cls(sorted(set(text)))
 
     def __len__(self):
@@ -143,7 +141,7 @@ class Vocab:
         missing = self.unknown(text)
         if missing:
             shown = ", ".join(repr(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
-            raise ValueError(f"{len(missing)} character(s) not in the vocabulary: {shown}")
+            raise CharRNNError(f"{len(missing)} character(s) not in the vocabulary: {shown}")
         index = self.index
         return torch.tensor([index[c] for c in text], dtype=torch.long)
 
@@ -157,7 +155,7 @@ def split(ids: torch.Tensor, val_frac: float = 0.1, test_frac: float = 0.0):
     """Contiguous split: train first, then validation, then test (the seed's layout, so a
     validation loss is measured on text the model has never seen any part of)."""
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-        raise ValueError(f"bad split fractions val={val_frac} test={test_frac}")
+        raise CharRNNError(f"bad split fractions val={val_frac} test={test_frac}")
     n = len(ids)
     n_test = int(n * test_frac)
     n_val = int(n * val_frac)
@@ -179,11 +177,11 @@ class Batches:
 
     def __post_init__(self):
         if self.batch_size < 1 or self.seq_len < 1:
-            raise ValueError("batch_size and seq_len must be >= 1")
+            raise CharRNNError("batch_size and seq_len must be >= 1")
         n = (len(self.ids) - 1) // self.batch_size
         self.num_windows = n // self.seq_len
         if self.num_windows < 1:
-            raise ValueError(
+            raise CharRNNError(
                 f"{len(self.ids)} tokens are too few for one window of batch_size={self.batch_size} x "
                 f"seq_len={self.seq_len} (need at least {self.batch_size * self.seq_len + 1}); "
                 "use a smaller --batch-size or --seq-len, or more text")
@@ -226,6 +224,14 @@ def fit_batches(ids: torch.Tensor, batch_size: int, seq_len: int) -> Batches:
     seq_len; shrink the batch, then the window, rather than refuse to evaluate."""
     n = len(ids) - 1
     if n < 1:
-        raise ValueError("need at least 2 tokens to evaluate")
+        raise CharRNNError("need at least 2 tokens to evaluate")
     batch_size = max(1, min(batch_size, n // seq_len))
     return Batches(ids, batch_size, min(seq_len, n))
+
+
+def split_batches(ids: torch.Tensor, batch_size: int, seq_len: int, val_frac: float, test_frac: float):
+    """Training, validation and test batches of a token stream (split by split()); a held-out
+    part shorter than 2 tokens is None."""
+    train, val, test = split(ids, val_frac, test_frac)
+    return (Batches(train, batch_size, seq_len),
+            *(fit_batches(part, batch_size, seq_len) if len(part) >= 2 else None for part in (val, test)))

@@ -8,7 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import CharRNNError
 from .nn import FusedRNN
+from .options import option, validate
 
 CELLS = ("rnn", "rnn-torch", "gru", "lstm")
 
@@ -16,21 +18,16 @@ CELLS = ("rnn", "rnn-torch", "gru", "lstm")
 @dataclass
 class ModelConfig:
     vocab_size: int
-    cell: str = "rnn"            # rnn (fused tanh RNN), rnn-torch (torch.nn.RNN), gru, lstm
-    hidden_size: int = 512
-    num_layers: int = 1
-    embedding_size: int = 64     # 0: one-hot input, as in min-char-rnn
-    dropout: float = 0.0         # between recurrent layers and before the softmax head
+    cell: str = option("rnn", "rnn (fused tanh RNN), rnn-torch (torch.nn.RNN), gru or lstm", choices=CELLS)
+    hidden_size: int = option(512, "hidden units per layer", minimum=1)
+    num_layers: int = option(2, "recurrent layers", minimum=1)
+    embedding_size: int = option(64, "character embedding size; 0 for one-hot input", minimum=0)
+    dropout: float = option(0.25, "dropout between layers and before the softmax head", minimum=0.0, below=1.0)
 
     def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
-        if self.vocab_size < 1 or self.hidden_size < 1 or self.num_layers < 1:
-            raise ValueError("vocab_size, hidden_size and num_layers must be >= 1")
-        if self.embedding_size < 0:
-            raise ValueError("embedding_size must be >= 0 (0 means one-hot input)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.vocab_size < 1:
+            raise CharRNNError(f"vocab_size must be >= 1, got {self.vocab_size}")
+        validate(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -39,6 +36,20 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: the GPU when there is one. A device that is not there is the user's to fix."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CharRNNError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CharRNNError(f"--device {name} requested but CUDA is not available "
+                           "(use --device cpu or auto)")
+    return dev
 
 
 class ByteDropout(nn.Module):
@@ -108,17 +119,3 @@ def detach_state(state):
         return tuple(s.detach() for s in state)
     return state.detach()
 
-
-def state_to_list(state):
-    """Hidden state as a list of CPU tensors (checkpoint form); None stays None."""
-    if state is None:
-        return None
-    states = state if isinstance(state, (tuple, list)) else (state,)
-    return [s.detach().cpu() for s in states]
-
-
-def state_from_list(states, cell: str, device=None):
-    if states is None:
-        return None
-    states = [s.to(device) for s in states]
-    return tuple(states) if cell == "lstm" else states[0]

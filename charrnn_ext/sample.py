@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from .data import Vocab
-from .model import CharRNN
+from .errors import CharRNNError
+from .model import CharRNN, resolve_device
 
 
 @torch.no_grad()
@@ -18,16 +19,16 @@ def generate(model: CharRNN, vocab: Vocab, prime: str = "", length: int = 500,
     With one sample and a stream (e.g. sys.stdout), characters are written as they come.
     """
     if length < 0:
-        raise ValueError("length must be >= 0")
+        raise CharRNNError("length must be >= 0")
     if temperature < 0:
-        raise ValueError("temperature must be >= 0 (0 means argmax)")
+        raise CharRNNError("temperature must be >= 0 (0 means argmax)")
     if top_k is not None and top_k < 1:
-        raise ValueError("top_k must be >= 1")
+        raise CharRNNError("top_k must be >= 1")
     if num_samples < 1:
-        raise ValueError("num_samples must be >= 1")
+        raise CharRNNError("num_samples must be >= 1")
     missing = vocab.unknown(prime)
     if missing:
-        raise ValueError("prime text has characters not in the model's vocabulary: "
+        raise CharRNNError("prime text has characters not in the model's vocabulary: "
                          + ", ".join(repr(c) for c in missing))
     device = next(model.parameters()).device
     # A private generator: sampling reproduces from its seed whatever else used torch's RNG.
@@ -85,7 +86,7 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch
 
 
 def sample_checkpoint(path, device="cpu", stream=None, **kw) -> list[str]:
-    from .train import load_checkpoint, model_from_checkpoint, resolve_device
+    from .checkpoint import load_checkpoint, model_from_checkpoint
     model, vocab = model_from_checkpoint(load_checkpoint(path), resolve_device(device))
     return generate(model, vocab, stream=stream, **kw)
 

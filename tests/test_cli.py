@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from charrnn_ext import cli
-from charrnn_ext.train import load_checkpoint
+from charrnn_ext.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "10",
@@ -117,3 +117,50 @@ def test_python_dash_m_is_the_cli():
     assert r.returncode == 0, r.stderr
     for flag in ("--data", "--corpus", "--cell", "--time-limit", "--resume", "--threads", "(default: rnn)"):
         assert flag in r.stdout
+
+
+def test_every_train_config_field_has_a_flag_with_its_default_and_choices():
+    from dataclasses import fields
+
+    from charrnn_ext.train import TrainConfig
+    train = next(a for a in cli.build_parser("train")._subparsers._group_actions[0].choices.items()
+                 if a[0] == "train")[1]
+    actions = {a.dest: a for a in train._actions}
+    for f in fields(TrainConfig):
+        assert f.name in actions, f"TrainConfig.{f.name} has no flag"
+        assert f.metadata["help"] in actions[f.name].help
+        assert actions[f.name].choices == f.metadata["choices"] or f.metadata["choices"] is None
+    # a flag left out keeps the field's default; a given one is parsed with the field's type
+    args = cli.build_parser("train").parse_args(["train", "--hidden-size", "7", "--no-plot"])
+    assert vars(args)["hidden_size"] == 7 and vars(args)["plot"] is False and "lr" not in vars(args)
+
+
+def test_sample_and_info_do_not_load_the_trainer(tiny_config, tmp_path):
+    from charrnn_ext.train import Trainer
+    Trainer(tiny_config(max_steps=1, eval_every=0)).run()
+    code = ("import sys; from charrnn_ext import cli; "
+            "assert cli.main(['info', sys.argv[1]]) == 0; "
+            "assert cli.main(['sample', sys.argv[1], '--length', '5', '--seed', '0']) == 0; "
+            "print(sorted(m for m in sys.modules if m.startswith('charrnn_ext')))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                       env=subprocess_env(), cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    loaded = r.stdout.strip().splitlines()[-1]
+    assert "charrnn_ext.checkpoint" in loaded and "charrnn_ext.train" not in loaded
+
+
+def test_a_bug_keeps_its_traceback_and_a_lost_peer_is_one_line(monkeypatch, tmp_path, capsys):
+    from charrnn_ext.errors import PeerLostError
+
+    def buggy(args):
+        raise ValueError("an internal slip, not the user's doing")
+    monkeypatch.setattr(cli, "cmd_info", buggy)
+    with pytest.raises(ValueError, match="internal slip"):  # not turned into `charrnn: error`
+        cli.main(["info", str(tmp_path)])
+
+    def lost(args):
+        raise PeerLostError("lost contact with the other training processes (connection closed)")
+    monkeypatch.setattr(cli, "cmd_info", lost)
+    assert cli.main(["info", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip().endswith("lost contact with the other training processes "
+                                                    "(connection closed)")

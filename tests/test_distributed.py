@@ -18,9 +18,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from charrnn_ext.cli import TRAIN_FLAGS
+from dataclasses import fields
+
+from charrnn_ext.checkpoint import load_checkpoint
+from charrnn_ext.cli import flag_name
 from charrnn_ext.data import Batches
-from charrnn_ext.train import TrainConfig, Trainer, TrainingError, load_checkpoint
+from charrnn_ext.errors import TrainingError
+from charrnn_ext.train import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,11 +35,15 @@ needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 def cli_flags(cfg: TrainConfig) -> list[str]:
     """`charrnn train` flags that give cfg (every field that differs from the defaults)."""
     default, flags = TrainConfig(), []
-    for flag, name, _, _ in TRAIN_FLAGS:
-        value = getattr(cfg, name)
-        if value != getattr(default, name):
-            flags += [flag, "0" if name == "time_limit" and value is None else str(value)]
-    return flags + ([] if cfg.plot else ["--no-plot"]) + ([] if cfg.progress else ["--no-progress"])
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if value == getattr(default, f.name):
+            continue
+        if isinstance(value, bool):
+            flags.append(flag_name(f.name) if value else flag_name("no_" + f.name))
+        else:
+            flags += [flag_name(f.name), "0" if f.name == "time_limit" and value is None else str(value)]
+    return flags
 
 
 def free_port() -> int:
@@ -44,7 +52,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list[str], env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], env: dict | None = None, timeout: float = 90,
+             program=("-m", "charrnn_ext", "train")) -> subprocess.CompletedProcess:
     launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CHARRNN_FAIL_RANK")
     e = {k: v for k, v in os.environ.items() if k not in launcher}
     e.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), e.get("PYTHONPATH")])))
@@ -52,7 +61,7 @@ def torchrun(args: list[str], env: dict | None = None, timeout: float = 90) -> s
         e.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback, whatever the host name resolves to
     e.update(env or {})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "charrnn_ext", "train", *args]
+           "--master_port", str(free_port()), *program, *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout)
 
 
@@ -149,7 +158,8 @@ def test_a_failing_rank_stops_the_other_and_the_run_resumes(tiny_config, tmp_pat
     run = tmp_path / "run"
     t0 = time.monotonic()
     r = torchrun(cli_flags(tiny_config(max_steps=None, time_limit=120.0, out=str(run), **kw)),
-                 env={"CHARRNN_FAIL_RANK": "1", "CHARRNN_FAIL_STEP": "5"}, timeout=90)
+                 env={"CHARRNN_FAIL_RANK": "1", "CHARRNN_FAIL_STEP": "5"}, timeout=90,
+                 program=(str(Path(__file__).with_name("failing_rank.py")),))
     elapsed = time.monotonic() - t0
     assert r.returncode != 0
     assert "charrnn: error (rank 1 of 2): rank 1 fails at step 5 (CHARRNN_FAIL_RANK test hook)" in r.stderr
@@ -166,3 +176,20 @@ def test_a_failing_rank_stops_the_other_and_the_run_resumes(tiny_config, tmp_pat
     for k, v in want["model"].items():
         assert torch.equal(got["model"][k], v), k
     assert torch.equal(got["hidden"][0], want["hidden"][0])
+
+
+def test_a_failed_collective_is_a_lost_peer_and_nothing_else_is():
+    from charrnn_ext.distributed import ProcessGroup, SingleProcess
+    from charrnn_ext.errors import CharRNNError, PeerLostError
+    group = object.__new__(ProcessGroup)  # its communicating() needs no live group
+    with pytest.raises(PeerLostError, match=r"lost contact .*\(Connection closed by peer \[127.0.0.1\]:1234\); another") as e:
+        with group.communicating():
+            raise RuntimeError("Connection closed by peer [127.0.0.1]:1234\nmore detail")
+    assert isinstance(e.value.__cause__, RuntimeError)  # the original stays attached
+    with pytest.raises(CharRNNError):  # a user's error inside is still the user's error
+        with group.communicating():
+            raise CharRNNError("bad setting")
+    with pytest.raises(RuntimeError, match="boom") as e:  # one process has no peers to lose
+        with SingleProcess(torch.device("cpu")).communicating():
+            raise RuntimeError("boom")
+    assert not isinstance(e.value, PeerLostError)

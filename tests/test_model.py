@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from charrnn_ext.model import CharRNN, ModelConfig, detach_state, state_from_list, state_to_list
+from charrnn_ext.checkpoint import state_from_list, state_to_list
+from charrnn_ext.model import CharRNN, ModelConfig, detach_state
 from charrnn_ext.nn import FusedRNN
 
 
@@ -32,7 +33,7 @@ def test_rnn_cell_is_the_fused_op_and_one_hot_input():
 
 def test_fused_and_torch_rnn_share_state_dicts_and_outputs():
     torch.manual_seed(0)
-    cfg = dict(vocab_size=9, hidden_size=12, num_layers=2, embedding_size=4)
+    cfg = dict(vocab_size=9, hidden_size=12, num_layers=2, embedding_size=4, dropout=0.0)
     fused = CharRNN(ModelConfig(cell="rnn", **cfg)).double()
     plain = CharRNN(ModelConfig(cell="rnn-torch", **cfg)).double()
     plain.load_state_dict(fused.state_dict())

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from charrnn_ext import reference
-from charrnn_ext.train import (TrainConfig, Trainer, TrainingError, load_checkpoint, model_from_checkpoint,
-                               save_checkpoint)
+from charrnn_ext.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charrnn_ext.errors import TrainingError
+from charrnn_ext.train import TrainConfig, Trainer
 
 
 def params_of(trainer):
