@@ -1,13 +1,16 @@
 """Training benchmark: the default model on tiny shakespeare, per cell, for a fixed wall-clock budget.
 
-    CHARRNN_DATA_DIR=../shared/data python bench/bench_train.py                 # 4 cells x 600 s
-    python bench/bench_train.py --data-dir ../shared/data --cells rnn,rnn-torch --time-limit 60
+    python bench/bench_train.py --data-dir DIR                                # 4 cells x 600 s
+    python bench/bench_train.py --data-dir DIR --cells rnn,rnn-torch --time-limit 60
+    python bench/bench_train.py --data-dir DIR --stock 120   # charrnn's step vs stock PyTorch, profiled
 
 Reports training characters per second (optimizer steps only, evaluation excluded) and the
 validation loss in nats per character (final and best), and writes
 bench/results/train-<date>.json. Every cell gets the same model configuration (the trainer's
 defaults plus the flags below), so rnn vs rnn-torch compares the fused op with torch.nn.RNN
-on the same work.
+on the same work. --stock SECONDS instead times `charrnn train`'s step (the rnn cell) against
+the same model written in stock PyTorch, interleaved in one process, and profiles both steps
+(bench/stock.py).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 from charrnn_ext.cli import add_config_flags  # noqa: E402
 from charrnn_ext.model import CELLS as ALL_CELLS  # noqa: E402
 from charrnn_ext.train import TrainConfig, Trainer  # noqa: E402
-from common import git_commit  # noqa: E402  (bench/ is on sys.path when run as a script)
+import stock  # noqa: E402  (bench/ is on sys.path when run as a script)
+from common import git_commit  # noqa: E402
 
 # The trainer's settings this benchmark lets you change, applied to every cell.
 OVERRIDES = ("hidden_size", "num_layers", "embedding_size", "batch_size", "seq_len", "eval_every",
@@ -50,6 +54,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", default=None, help="keep each cell's checkpoints here (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 s per cell, rnn and rnn-torch")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--stock", type=float, default=None, metavar="SECONDS",
+                   help="time charrnn's step against stock PyTorch's for SECONDS, then profile both")
     add_config_flags(p, TrainConfig, names=OVERRIDES, keep_defaults=True)
     args = p.parse_args(argv)
     cells = ["rnn", "rnn-torch"] if args.quick and args.cells == ",".join(ALL_CELLS) else args.cells.split(",")
@@ -60,16 +66,29 @@ def main(argv=None) -> int:
         p.error(f"unknown cell(s) {bad}; choose from {ALL_CELLS}")
 
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
-    out = Path(args.out) if args.out else HERE / "results" / f"train-{stamp}.json"
+    kind = "step" if args.stock else "train"
+    out = Path(args.out) if args.out else HERE / "results" / f"{kind}-{stamp}.json"
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="charrnn-bench-"))
-    report = {"benchmark": "train", "data": args.data or "tinyshakespeare", "date": stamp, "commit": git_commit(), "torch": str(torch.__version__),
-              "machine": platform.machine(), "cpu_count": os.cpu_count(),
+    report = {"benchmark": kind, "data": args.data or "tinyshakespeare", "date": stamp, "commit": git_commit(),
+              "torch": str(torch.__version__), "machine": platform.machine(), "cpu_count": os.cpu_count(),
               "threads": args.threads or torch.get_num_threads(), "time_limit_s": args.time_limit,
               "results": []}
+
+    def config(cell):
+        return TrainConfig(data=args.data, data_dir=args.data_dir, cell=cell, time_limit=args.time_limit,
+                           out=str(runs_dir / cell), threads=args.threads, device=args.device,
+                           progress=not args.no_progress, **{name: getattr(args, name) for name in OVERRIDES})
+    if args.stock:
+        trainer = Trainer(config("rnn"))
+        report.update(config=asdict(trainer.cfg), **stock.compare(trainer, args.stock))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(stock.tables(report))
+        print(f"\nwritten {out}")
+        return 0
+
     for cell in cells:
-        cfg = TrainConfig(data=args.data, data_dir=args.data_dir, cell=cell, time_limit=args.time_limit,
-                          out=str(runs_dir / cell), threads=args.threads, device=args.device,
-                          progress=not args.no_progress, **{name: getattr(args, name) for name in OVERRIDES})
+        cfg = config(cell)
         trainer = Trainer(cfg)
         print(f"== {cell}: {trainer.model.num_parameters():,} parameters, {args.time_limit:.0f} s", file=sys.stderr)
         s = trainer.run()

@@ -102,16 +102,22 @@ class TrainConfig:
 
 def make_optimizer(cfg: TrainConfig, params):
     params = list(params)
+    # torch's fused kernels update every parameter in one pass instead of a dozen tensor ops per
+    # parameter: Adam's step for the default model took 70 ms on 2 CPU cores, fused 1 ms.
+    # (Adagrad's fused kernel is CPU-only, RMSprop has none: those take the foreach path.)
+    on = params[0].device.type
+    fast = {"fused": True} if on in ("cpu", "cuda") else {"foreach": True}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
     if cfg.optimizer == "adagrad":
         # The seed's update, param -= lr * g / sqrt(sum g^2 + 1e-8), exactly.
         return torch.optim.Adagrad(params, lr=cfg.lr, initial_accumulator_value=1e-8, eps=0.0,
-                                   weight_decay=cfg.weight_decay)
+                                   weight_decay=cfg.weight_decay, **(fast if on == "cpu" else {"foreach": True}))
     if cfg.optimizer == "rmsprop":
         # char-rnn's rmsprop: decay 0.95, eps 1e-8.
-        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.95, eps=1e-8, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.95, eps=1e-8, weight_decay=cfg.weight_decay,
+                                   foreach=True)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fast)
 
 
 class Trainer:
@@ -177,7 +183,8 @@ class Trainer:
         self.model_config = cfg.model_config(len(self.vocab))
         self.model = CharRNN(self.model_config).to(device=self.device, dtype=getattr(torch, cfg.dtype))
         self.dist.seed_dropout(cfg.seed)  # the same model on every rank, each its own dropout masks
-        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        self.params = list(self.model.parameters())
+        self.optimizer = make_optimizer(cfg, self.params)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.lr_decay)
 
     def _restore(self, ckpt: dict) -> None:
@@ -227,13 +234,10 @@ class Trainer:
         with self.dist.communicating():
             (loss * world if cfg.loss_reduction == "sum" else loss).backward()
         # Clipping sees the averaged gradients, so every rank clips (and steps) identically.
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if cfg.clip_mode == "norm":
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
+        max_norm = cfg.grad_clip if cfg.clip_mode == "norm" and cfg.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if cfg.clip_mode == "value" and cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_value_(self.params, cfg.grad_clip)
         # The loss over all B columns, as one process reports it (and all ranks agree).
         value = self.dist.sum([loss.item()])[0] / (world if cfg.loss_reduction == "mean" else 1)
         if not (math.isfinite(value) and torch.isfinite(norm)):
