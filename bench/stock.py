@@ -146,8 +146,6 @@ def compare(trainer, seconds: float, profile_steps_each: int = 5) -> dict:
     stock.model.to(dtype=next(trainer.model.parameters()).dtype)
     tag_parts(trainer.model)
     tag_parts(stock.model)
-    torch.nn.utils.clip_grad_norm_ = _named_clipping(torch.nn.utils.clip_grad_norm_)
-    timing = side_by_side(trainer, stock, seconds)
     windows = iter(range(10**9))
 
     def step_of(t):
@@ -155,8 +153,17 @@ def compare(trainer, seconds: float, profile_steps_each: int = 5) -> dict:
             x, y = trainer.train_batches.window(next(windows) % len(trainer.train_batches))
             t.train_step(x, y)
         return step
-    profiles = {name: profile_steps(step_of(t), profile_steps_each)
-                for name, t in (("charrnn", trainer), ("stock", stock))}
+    for t in (trainer, stock):  # warm-up: first-call allocations, thread pools
+        for _ in range(2):
+            step_of(t)()
+    timing = side_by_side(trainer, stock, seconds)
+    clip = torch.nn.utils.clip_grad_norm_
+    torch.nn.utils.clip_grad_norm_ = _named_clipping(clip)
+    try:
+        profiles = {name: profile_steps(step_of(t), profile_steps_each)
+                    for name, t in (("charrnn", trainer), ("stock", stock))}
+    finally:
+        torch.nn.utils.clip_grad_norm_ = clip
     return {**timing, "profile_ms_per_step": profiles}
 
 
