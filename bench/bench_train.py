@@ -1,7 +1,7 @@
 """Training benchmark: the default model on tiny shakespeare, per cell, for a fixed wall-clock budget.
 
-    CHARRNN_DATA_DIR=../shared/data python bench/bench_train.py                 # 4 cells x 600 s
-    python bench/bench_train.py --data-dir ../shared/data --cells rnn,rnn-torch --time-limit 60
+    python bench/bench_train.py                                                # 4 cells x 600 s
+    python bench/bench_train.py --data-dir DIR --cells rnn,rnn-torch --time-limit 60
 
 Reports training characters per second (optimizer steps only, evaluation excluded) and the
 validation loss in nats per character (final and best), and writes
