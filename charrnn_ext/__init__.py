@@ -9,7 +9,7 @@ def _check_torch_version():
         from ._build_config import TORCH_VERSION as built_for
     except ImportError:  # not built by setup.py: nothing recorded to compare
         return
-    if built_for != torch.__version__:
+    if built_for != str(torch.__version__):  # plain strings: the exact build, local tag included
         raise ImportError(
             f"charrnn_ext was built against torch {built_for}, but torch {torch.__version__} is "
             f"installed ({torch.__file__}). Rebuild it against the installed torch: "
