@@ -1,8 +1,8 @@
 """Data-parallel benchmark: training characters per second with 1 process and with N processes
 under torchrun (DDP, gloo on the CPU), for the same number of optimizer steps.
 
-    python bench/bench_ddp.py --data-dir ../shared/data                  # 1 and 2 processes, 150 steps each
-    python bench/bench_ddp.py --data-dir ../shared/data --procs 1,2,4 --max-steps 300
+    python bench/bench_ddp.py                                   # 1 and 2 processes, 150 steps each
+    python bench/bench_ddp.py --data-dir DIR --procs 1,2,4 --max-steps 300
 
 Every configuration trains the trainer's default model (batch 64 x 100, all B columns split over
 the processes) with `charrnn train`; 1 process runs plainly (`python -m charrnn_ext train`, torch's

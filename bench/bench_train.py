@@ -1,8 +1,8 @@
 """Training benchmark: the default model on tiny shakespeare, per cell, for a fixed wall-clock budget.
 
-    python bench/bench_train.py --data-dir DIR                                # 4 cells x 600 s
+    python bench/bench_train.py                                                # 4 cells x 600 s
     python bench/bench_train.py --data-dir DIR --cells rnn,rnn-torch --time-limit 60
-    python bench/bench_train.py --data-dir DIR --stock 120   # charrnn's step vs stock PyTorch, profiled
+    python bench/bench_train.py --stock 120         # charrnn's step vs stock PyTorch, profiled
 
 Reports training characters per second (optimizer steps only, evaluation excluded) and the
 validation loss in nats per character (final and best), and writes

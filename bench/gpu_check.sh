@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# The whole GPU check in one call, for a lent H200 (torch and nvcc there, no network):
-# build the extension for sm_90 only, run the CUDA tests (one process per sweep path, so a
-# hang costs one path's time limit), run the CUDA kernel benchmark against cuDNN. Logs and
-# JSON go to $OUT (the device tool's folder that comes back), or to bench/results/gpu-check/
-# elsewhere. Meant to finish in well under 8 minutes.
+# The whole GPU check in one call, for a machine with an sm_90 GPU (H100, H200): build the
+# extension for sm_90 only, run the CUDA tests (one process per sweep path, so a hang costs
+# one path's time limit), run the CUDA kernel benchmark against cuDNN. Needs no network.
+# Meant to finish in well under 8 minutes (DEADLINE). It builds in place (`pip install -e .`),
+# replacing the checkout's own build of the extension: run it in a clone of its own.
 #
-#   device run:  bash bench/gpu_check.sh        (carry .whl if test packages are missing there)
-#   QUICK=1      a smaller benchmark grid
+# Needs: torch with CUDA, the CUDA toolkit (nvcc; CUDA_HOME if it is not found), ninja,
+# numpy, pytest and expecttest (for opcheck) in the interpreter PYTHON names.
+#   PYTHON      that interpreter (default python3)
+#   WHEELS=DIR  a directory of wheels (e.g. from `pip download --no-deps -d DIR expecttest`),
+#               installed first when expecttest is missing: for a machine without network
+#   OUT         where the logs and the benchmark's JSON go (default bench/results/gpu-check)
+#   QUICK=1     a smaller benchmark grid
+#   DEADLINE    seconds for the whole script (default 420); each step gets at most what is left
+#   MAX_JOBS    parallel compile jobs (default: every core)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu-check}
@@ -15,26 +22,29 @@ exec > >(tee "$OUT/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 status=0
-DEADLINE=${DEADLINE:-420}  # seconds for the whole script; each step gets at most what is left
+DEADLINE=${DEADLINE:-420}
 step() { echo; echo "== $* ($(date +%T), ${SECONDS}s in)"; }
 left() { local n=$((DEADLINE - SECONDS)); (( n < $1 )) && echo $((n > 10 ? n : 10)) || echo "$1"; }
 # Runs a command for at most $1 seconds, fewer if the deadline is nearer; SIGKILL 10 s after the
 # SIGTERM, should a process not die while it waits on the GPU. Exit 124 or 137 when stopped.
 limited() { local seconds; seconds=$(left "$1"); shift; timeout -k 10 "$seconds" "$@"; }
 
-if compgen -G ".whl/*.whl" >/dev/null; then  # test-only packages carried as wheels
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+if [ -n "${WHEELS:-}" ] && ! $PY -c "import expecttest" 2>/dev/null; then
+  # Into a folder of its own on PYTHONPATH: the interpreter's site-packages may be read-only.
+  site=$(mktemp -d)
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$WHEELS"/*.whl \
+    && export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
 step "device"
-$PY -c "import numpy, pytest, ninja" || echo "WARNING: numpy, pytest or ninja missing: carry them as wheels in .whl"
+$PY -c "import numpy, pytest, ninja, expecttest" \
+  || echo "WARNING: numpy, pytest, ninja or expecttest missing: install them, or give their wheels with WHEELS=DIR"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
 $PY -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN',
         torch.backends.cudnn.version(), torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))"
 
 step "build for sm_90 only"
-export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 CHARRNN_CUDA=1
+export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-$(nproc)} CHARRNN_CUDA=1
 rm -f charrnn_ext/_C*.so
 # In place: nothing to download and no install metadata needed; pip first, as users build.
 limited 200 $PY -m pip install -q --no-deps --no-build-isolation -e . \

@@ -1,6 +1,6 @@
 """Corpora, vocabulary, splits and window batching for character-level models.
 
-Batching follows DESIGN.md: the token stream is cut into B contiguous columns and
+Batching follows docs/design.md: the token stream is cut into B contiguous columns and
 walked in windows of T steps, so row b of window k+1 continues row b of window k and
 the hidden state of one window is the right initial state for the next.
 """
@@ -85,10 +85,11 @@ def corpus_path(name: str, data_dir: str | os.PathLike | None = None, download: 
 def _missing_message(name: str, searched: list[Path]) -> str:
     fname, url, _, _ = CORPORA[name]
     where = ", ".join(str(d) for d in searched)
-    return (f"corpus {name!r} not found (looked for {fname} in: {where}). Provide it by one of:\n"
-            f"  - put the file from {url} at {cache_dir() / fname}\n"
-            f"  - set {DATA_DIR_ENV}=DIR where DIR holds {fname}\n"
-            f"  - pass --data PATH to any UTF-8 text file")
+    return (f"corpus {name!r} not found (looked for {fname} in: {where}). "
+            "To train on a local copy, which needs no network access, either:\n"
+            f"  - pass --data FILE, where FILE is {fname} from {url} or any UTF-8 text\n"
+            f"  - set {DATA_DIR_ENV}=DIR (or pass --data-dir DIR), where DIR holds {fname}\n"
+            f"  - put {fname} at {cache_dir() / fname}")
 
 
 def read_text(path: str | os.PathLike, errors: str = "strict") -> str:

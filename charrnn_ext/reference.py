@@ -2,7 +2,7 @@
 
 Two oracles live here and depend on nothing but numpy:
 
-* the layer-level tanh RNN of DESIGN.md (`rnn_tanh_forward` / `rnn_tanh_backward`),
+* the layer-level tanh RNN of docs/design.md (`rnn_tanh_forward` / `rnn_tanh_backward`),
   written as the plainest possible per-step loops, against which the fused op is tested;
 * karpathy's min-char-rnn (one-hot input, one tanh layer, softmax, window-summed
   cross-entropy, BPTT, elementwise clip to [-5, 5], Adagrad), against which the trainer

@@ -7,8 +7,8 @@
 #   TORCH_SPEC   the CUDA torch (default torch==2.14.1, CUDA 13.0)
 #   VENV         its virtualenv (default .venv-cuda at the repository root)
 #   PYTHON       the interpreter that creates it (default python3)
-# The lent H200's stack, torch 2.11.0+cu130 on Python 3.12 (from PyPI, about 5 GB):
-#   PYTHON=/path/to/python3.12 TORCH_SPEC=torch==2.11.0 VENV=$PWD/.venv-device bash scripts/cuda_variant.sh
+# Another torch and Python, e.g. torch 2.11.0+cu130 on Python 3.12 (from PyPI, about 5 GB):
+#   PYTHON=/path/to/python3.12 TORCH_SPEC=torch==2.11.0 VENV=$PWD/.venv-cu130 bash scripts/cuda_variant.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -1,7 +1,7 @@
 """bench/bench_kernels.py --device cuda on a CPU stand-in: CUDA events, synchronisation and the
-sweep planner replaced by CPU equivalents, the models on the CPU. A lent GPU machine is rare and
-its time short; this runs the benchmark's own code for the GPU grid (per-path columns, a
-skipped path, the JSON and the table) here, so that a slip in it cannot cost that run. It
+sweep planner replaced by CPU equivalents, the models on the CPU. This runs the benchmark's own
+code for the GPU grid (per-path columns, a skipped path, the JSON and the table) without a GPU,
+so that a slip in it shows in CI rather than in a GPU run. It
 measures nothing: the timings are CPU ones and only their bookkeeping is checked."""
 import json
 import sys

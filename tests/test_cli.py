@@ -10,14 +10,17 @@ from charrnn_ext import cli
 from charrnn_ext.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+# Where the charrnn_ext under test was imported from: the checkout, or site-packages for an
+# installed wheel. Child pythons import the same one, whatever their working directory holds.
+IMPORTED_FROM = Path(cli.__file__).resolve().parents[1]
 TINY = ["--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "10",
         "--eval-every", "3", "--log-every", "2", "--no-progress", "--seed", "0"]
 
 
 def subprocess_env(drop=(), **set_vars) -> dict:
-    """This environment for a child python, with the checkout importable."""
+    """This environment for a child python, importing the charrnn_ext under test."""
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(IMPORTED_FROM), env.get("PYTHONPATH")]))
     return {**env, **set_vars}
 
 
@@ -101,7 +104,7 @@ def test_a_torchrun_rank_leaves_without_finalizing(tiny_config, tmp_path):
     def run_program(path, world):
         env = subprocess_env(drop=("WORLD_SIZE", "PYTHONUNBUFFERED"), **world)
         return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
-                              cwd=ROOT, timeout=120)
+                              cwd=tmp_path, timeout=120)
 
     alone, rank = run_program(ckpt, {}), run_program(ckpt, {"WORLD_SIZE": "2"})
     assert alone.returncode == 0 and alone.stdout.rstrip().endswith("finalized"), alone.stderr
@@ -111,9 +114,9 @@ def test_a_torchrun_rank_leaves_without_finalizing(tiny_config, tmp_path):
     assert missing.returncode == 2 and "none.pt" in missing.stderr and "finalized" not in missing.stdout
 
 
-def test_python_dash_m_is_the_cli():
+def test_python_dash_m_is_the_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "charrnn_ext", "train", "--help"], capture_output=True, text=True,
-                       env=subprocess_env(), cwd=ROOT, timeout=120)
+                       env=subprocess_env(), cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     for flag in ("--data", "--corpus", "--cell", "--time-limit", "--resume", "--threads", "(default: rnn)"):
         assert flag in r.stdout
@@ -143,7 +146,7 @@ def test_sample_and_info_do_not_load_the_trainer(tiny_config, tmp_path):
             "assert cli.main(['sample', sys.argv[1], '--length', '5', '--seed', '0']) == 0; "
             "print(sorted(m for m in sys.modules if m.startswith('charrnn_ext')))")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
-                       env=subprocess_env(), cwd=ROOT, timeout=120)
+                       env=subprocess_env(), cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     loaded = r.stdout.strip().splitlines()[-1]
     assert "charrnn_ext.checkpoint" in loaded and "charrnn_ext.train" not in loaded

@@ -11,22 +11,25 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from dataclasses import fields
-
+import charrnn_ext
 from charrnn_ext.checkpoint import load_checkpoint
 from charrnn_ext.cli import flag_name
 from charrnn_ext.data import Batches
 from charrnn_ext.errors import TrainingError
 from charrnn_ext.train import TrainConfig, Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+# Where the charrnn_ext under test was imported from (a checkout, or site-packages for an
+# installed wheel): the ranks import the same one, whatever their working directory holds.
+IMPORTED_FROM = Path(charrnn_ext.__file__).resolve().parents[1]
 
 needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -56,13 +59,15 @@ def torchrun(args: list[str], env: dict | None = None, timeout: float = 90,
              program=("-m", "charrnn_ext", "train")) -> subprocess.CompletedProcess:
     launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CHARRNN_FAIL_RANK")
     e = {k: v for k, v in os.environ.items() if k not in launcher}
-    e.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), e.get("PYTHONPATH")])))
+    e.update(OMP_NUM_THREADS="1",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(IMPORTED_FROM), e.get("PYTHONPATH")])))
     if sys.platform.startswith("linux"):
         e.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback, whatever the host name resolves to
     e.update(env or {})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), *program, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=tempfile.gettempdir(),
+                          timeout=timeout)
 
 
 def assert_params_close(state: dict, model: torch.nn.Module) -> None:

@@ -10,7 +10,7 @@ from charrnn_ext import reference
 
 
 def torch_loop(x, h0, w_ih, w_hh, b_ih, b_hh):
-    """DESIGN.md's forward equations, one torch op per step."""
+    """docs/design.md's forward equations, one torch op per step."""
     h, outs = h0, []
     for t in range(x.shape[0]):
         h = torch.tanh(x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
