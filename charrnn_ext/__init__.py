@@ -28,6 +28,7 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
         "`pip install --no-build-isolation .` (or `-e .`) from the source checkout."
     ) from e
 
+from .errors import CharRNNError
 from .ops import RNNTanhFunction, rnn_tanh
 from .nn import FusedRNN
 
@@ -37,5 +38,5 @@ def build_info():
     return dict(_C.build_info())
 
 
-__all__ = ["rnn_tanh", "RNNTanhFunction", "FusedRNN", "build_info"]
+__all__ = ["rnn_tanh", "RNNTanhFunction", "FusedRNN", "CharRNNError", "build_info"]
 __version__ = "0.1.0"
