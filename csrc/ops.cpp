@@ -121,9 +121,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     info["cuda"] = false;
 #endif
     info["cuda_arch_list"] = CHARRNN_CUDA_ARCH_LIST;
+    info["cpu_capability"] = charrnn::cpu_capability();
+    info["cpu_capabilities"] = charrnn::cpu_capabilities_compiled();
     return info;
   }, "The torch version the extension was compiled against, whether CUDA kernels were "
-     "compiled, and the CUDA architectures they were compiled for.");
+     "compiled, the CUDA architectures they were compiled for, the CPU kernels' vectorised "
+     "variant in use (cpu_capability: default, avx2, avx512 or sve256; ATEN_CPU_CAPABILITY "
+     "forces a lower one) and every variant compiled (cpu_capabilities).");
 #ifdef CHARRNN_WITH_CUDA
   m.def("cuda_sweep_plan", [](int64_t B, int64_t H, int64_t elem_size, const std::string& path) {
     namespace cc = charrnn::cuda;

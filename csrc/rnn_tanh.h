@@ -1,10 +1,13 @@
-// Fused tanh (Elman) RNN over a whole truncated-BPTT window. Math: DESIGN.md.
+// Fused tanh (Elman) RNN over a whole truncated-BPTT window. Math: docs/design.md.
 // Shapes: T steps, B batch rows, E input features, H hidden units; time-major.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
+
+#include <string>
 #include <tuple>
+#include <vector>
 
 namespace charrnn {
 
@@ -28,6 +31,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
     const at::Tensor& w_hh,         // [H, H]
     const at::Tensor& output);      // [T, B, H]  forward output
 // dx [T, B, E], dh0 [B, H], dw_ih [H, E], dw_hh [H, H], db [H]
+
+// The CPU kernels' vectorised code in use ("default", "avx2", "avx512", "sve256": the names of
+// ATEN_CPU_CAPABILITY), and every variant compiled into this build, best first.
+std::string cpu_capability();
+std::vector<std::string> cpu_capabilities_compiled();
 
 // x w_ih^T + b_ih + b_hh for all T steps as one GEMM, into a new [T, B, H] tensor that the
 // kernels then turn into the output in place. Either bias may be absent. Any device.

@@ -5,6 +5,7 @@ CUDA kernels reuse it unchanged; and of state-spaces/mamba: odd sizes, non-conti
 tolerance per dtype. The oracle is charrnn_ext.reference (numpy, float64); torch.nn.RNN is the
 second, independent comparison.
 """
+import os
 import subprocess
 import sys
 
@@ -183,6 +184,55 @@ def test_cpu_thread_paths_match_reference(threads, shape):
     assert_close_to_ref(h_n, ref_h_n, torch.float64, "h_n")
     for name, got, want in zip(GRAD_NAMES, grads, ref_grads):
         assert_close_to_ref(got, want, torch.float64, "d" + name)
+
+
+# --------------------------------------------------------------------------- CPU capabilities
+
+def machine_capabilities():
+    """The CPU variants this machine runs that the build has: ATen's choice without
+    ATEN_CPU_CAPABILITY and every one below it."""
+    order = ["default", "avx2", "avx512"]
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                           capture_output=True, text=True, timeout=120,
+                           env={k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"})
+    best = probe.stdout.strip().lower()
+    have = order[:order.index(best) + 1] if best in order else ["default"]
+    return [c for c in have if c in charrnn_ext.build_info()["cpu_capabilities"]]
+
+
+CAPABILITY_CHILD = """
+import sys, torch, charrnn_ext
+from charrnn_ext import rnn_tanh
+inputs = [t.requires_grad_() for t in torch.load(sys.argv[1])]
+out, h_n = rnn_tanh(*inputs)
+grads = torch.autograd.grad((out, h_n), inputs, (torch.cos(out.detach()), torch.sin(h_n.detach())))
+torch.save(dict(info=charrnn_ext.build_info(), out=out, h_n=h_n, grads=grads), sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("capability", machine_capabilities())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_capability_matches_reference(capability, dtype, tmp_path):
+    """Each vectorised CPU variant this machine has, forced with ATEN_CPU_CAPABILITY in a fresh
+    interpreter: build_info reports it, and forward and backward give the reference. H=37 and
+    E=5 leave partial vectors at every width; the largest step is split across threads."""
+    cases = [(9, 3, 5, 37), (4, 64, 3, 70)]
+    for i, shape in enumerate(cases):
+        inputs = make_inputs(*shape, dtype, seed=40 + i)
+        torch.save([t.detach() for t in inputs], tmp_path / "in.pt")
+        env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+        proc = subprocess.run([sys.executable, "-c", CAPABILITY_CHILD, str(tmp_path / "in.pt"),
+                               str(tmp_path / "out.pt")], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = torch.load(tmp_path / "out.pt")
+        assert got["info"]["cpu_capability"] == capability
+        out, h_n = got["out"], got["h_n"]
+        ref_out, ref_h_n, ref_grads = reference_grads(inputs, torch.cos(out), torch.sin(h_n))
+        assert_close_to_ref(out, ref_out, dtype, "output")
+        assert_close_to_ref(h_n, ref_h_n, dtype, "h_n")
+        for name, g, want in zip(GRAD_NAMES, got["grads"], ref_grads):
+            assert_close_to_ref(g, want, dtype, "d" + name)
 
 
 @pytest.mark.parametrize("device", devices)
@@ -627,6 +677,10 @@ def test_import_registers_ops_in_fresh_interpreter():
 
 def test_build_info():
     info = charrnn_ext.build_info()
-    assert set(info) >= {"torch_version", "cuda", "cuda_arch_list"}
+    assert set(info) >= {"torch_version", "cuda", "cuda_arch_list", "cpu_capability", "cpu_capabilities"}
+    assert "default" in info["cpu_capabilities"]
+    assert info["cpu_capability"] in info["cpu_capabilities"]
+    if os.environ.get("ATEN_CPU_CAPABILITY") is None:
+        assert info["cpu_capability"] == machine_capabilities()[-1]
     assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
     assert isinstance(info["cuda"], bool)

@@ -1,9 +1,8 @@
 // CPU kernels of the fused tanh RNN: big products through ATen, the two sequential sweeps
-// through BLAS called directly, elementwise work vectorised with at::vec and split with
-// at::parallel_for.
+// through BLAS called directly, elementwise work vectorised once per CPU capability
+// (pointwise.h) and split with at::parallel_for.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -15,6 +14,7 @@
 #endif
 
 #include "../rnn_tanh.h"
+#include "pointwise.h"
 
 // The per-step product is small ([B, H] x [H, H]); through at::mm it pays a few µs of
 // dispatch, view and shape bookkeeping every step, which at B=1..32 costs more than the
@@ -81,19 +81,13 @@ int64_t column_grain(int64_t B, int64_t H) {
 template <typename scalar_t>
 void forward_step(const scalar_t* h_prev, const scalar_t* w_hh, scalar_t* h_t, int64_t B,
                   int64_t H) {
-  using Vec = at::vec::Vectorized<scalar_t>;
+  const auto& pointwise = cpu::pointwise<scalar_t>();
   const CallerFpMode fp_mode;
   at::parallel_for(0, H, column_grain(B, H), [&](int64_t j0, int64_t j1) {
     const auto fp_scope = fp_mode.apply();
     const int n = static_cast<int>(j1 - j0);
     blas_gemm("T", "N", n, B, H, w_hh + j0 * H, H, h_prev, H, scalar_t(1), h_t + j0, H);
-    for (int64_t b = 0; b < B; ++b) {
-      scalar_t* row = h_t + b * H + j0;
-      for (int64_t i = 0; i < n; i += Vec::size()) {
-        const int64_t len = std::min<int64_t>(Vec::size(), n - i);
-        Vec::loadu(row + i, len).tanh().store(row + i, len);
-      }
-    }
+    pointwise.tanh(h_t + j0, B, n, H);
   });
 }
 
@@ -103,23 +97,13 @@ void forward_step(const scalar_t* h_prev, const scalar_t* w_hh, scalar_t* h_t, i
 template <typename scalar_t>
 void backward_step(const scalar_t* a_next, const scalar_t* extra, const scalar_t* h_t,
                    const scalar_t* w_hh, scalar_t* a_t, int64_t B, int64_t H) {
-  using Vec = at::vec::Vectorized<scalar_t>;
+  const auto& pointwise = cpu::pointwise<scalar_t>();
   const CallerFpMode fp_mode;
   at::parallel_for(0, H, column_grain(B, H), [&](int64_t j0, int64_t j1) {
     const auto fp_scope = fp_mode.apply();
     const int n = static_cast<int>(j1 - j0);
     if (a_next) blas_gemm("N", "N", n, B, H, w_hh + j0, H, a_next, H, scalar_t(1), a_t + j0, H);
-    const Vec one(scalar_t(1));
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t off = b * H + j0;
-      for (int64_t i = 0; i < n; i += Vec::size()) {
-        const int64_t len = std::min<int64_t>(Vec::size(), n - i);
-        Vec v = Vec::loadu(a_t + off + i, len);
-        if (extra) v = v + Vec::loadu(extra + off + i, len);
-        const Vec h = Vec::loadu(h_t + off + i, len);
-        (v * (one - h * h)).store(a_t + off + i, len);
-      }
-    }
+    pointwise.tanh_grad(a_t + j0, extra ? extra + j0 : nullptr, h_t + j0, B, n, H);
   });
 }
 
@@ -153,13 +137,8 @@ struct WindowProducts {
     } else {
       blas_gemm("N", "T", H, H, rows, output + (t0 - 1) * B * H, H, a_c, H, scalar_t(1), dw_hh, H);
     }
-    using Vec = at::vec::Vectorized<scalar_t>;
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t j = 0; j < H; j += Vec::size()) {
-        const int64_t len = std::min<int64_t>(Vec::size(), H - j);
-        (Vec::loadu(db + j, len) + Vec::loadu(a_c + r * H + j, len)).store(db + j, len);
-      }
-    }
+    for (int64_t r = 0; r < rows; ++r)  // db += column sums of a_c
+      for (int64_t j = 0; j < H; ++j) db[j] += a_c[r * H + j];
   }
 };
 

@@ -1,11 +1,16 @@
 // Forward and backward of one small case through the dispatcher (torch::ops charrnn::*),
-// against plain loops of DESIGN.md's equations in double precision.
+// against plain loops of docs/design.md's equations in double precision; and the CPU variant
+// in use, which ATEN_CPU_CAPABILITY may force.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <vector>
+
+#include "rnn_tanh.h"
 
 namespace {
 
@@ -107,5 +112,11 @@ int main() {
     failures += !ok;
     std::printf("bad h0 shape: %s\n", ok ? "error names h0, ok" : "error does not name h0 FAIL");
   }
+  const std::string capability = charrnn::cpu_capability();
+  const char* forced = std::getenv("ATEN_CPU_CAPABILITY");
+  const bool capability_ok = !forced || capability == forced;
+  failures += !capability_ok;
+  std::printf("cpu capability %s%s%s %s\n", capability.c_str(), forced ? ", forced " : "",
+              forced ? forced : "", capability_ok ? "ok" : "FAIL");
   return failures == 0 ? 0 : 1;
 }
