@@ -161,12 +161,8 @@ def test_forward_backward_matches_reference(device, dtype, shape, layout, bias):
             torch.testing.assert_close(t.detach(), b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("shape", [(150, 8, 7, 163), (70, 1, 3, 29), (5, 200, 9, 11)], ids=shape_id)
-def test_cpu_thread_paths_match_reference(threads, shape):
-    """The CPU backward overlaps its sweep with the window GEMMs on two threads (in chunks of
-    steps, the first chunk holding h0's step) and runs them one after the other otherwise;
-    the forward splits large steps across threads. Every path gives the reference."""
+def thread_case_grads(shape, threads):
+    """Forward and all gradients of one float64 case at a thread count, with the reference's."""
     T, B, E, H = shape
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -179,7 +175,19 @@ def test_cpu_thread_paths_match_reference(threads, shape):
         grads = torch.autograd.grad((out, h_n), inputs, (grad_output, grad_h_n))
     finally:
         torch.set_num_threads(old)
-    ref_out, ref_h_n, ref_grads = reference_grads(inputs, grad_output, grad_h_n)
+    return (out, h_n, grads), reference_grads(inputs, grad_output, grad_h_n)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("shape", [(150, 8, 7, 163), (70, 1, 3, 29), (5, 200, 9, 11), (40, 16, 5, 160)],
+                         ids=shape_id)
+def test_cpu_thread_paths_match_reference(threads, shape):
+    """The CPU backward sweeps on up to half the threads while the others compute the window
+    GEMMs of finished chunks of steps (the first chunk holding h0's step); on one thread the
+    GEMMs follow the sweep. Steps of B*H*H >= 2**18 multiply-adds (the last shape) are split
+    across a team of sweeping threads from 4 threads on, and across threads in the forward.
+    Every thread count gives the reference."""
+    (out, h_n, grads), (ref_out, ref_h_n, ref_grads) = thread_case_grads(shape, threads)
     assert_close_to_ref(out, ref_out, torch.float64, "output")
     assert_close_to_ref(h_n, ref_h_n, torch.float64, "h_n")
     for name, got, want in zip(GRAD_NAMES, grads, ref_grads):
