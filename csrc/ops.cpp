@@ -92,8 +92,10 @@ at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih,
 TORCH_LIBRARY(charrnn, m) {
   m.def("rnn_tanh_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh)"
         " -> (Tensor output, Tensor h_n)");
+  // output_mask: which of (dx, dh0, dw_ih, dw_hh, db) to compute; the others come back as None.
   m.def("rnn_tanh_backward(Tensor grad_output, Tensor grad_h_n, Tensor x, Tensor h0, Tensor w_ih,"
-        " Tensor w_hh, Tensor output) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db)");
+        " Tensor w_hh, Tensor output, bool[5] output_mask=[True, True, True, True, True])"
+        " -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db)");
 }
 
 }  // namespace charrnn

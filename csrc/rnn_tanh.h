@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include <array>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -21,7 +22,10 @@ std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
     const std::optional<at::Tensor>& b_hh); // [H] or None
 // output [T, B, H] (h_1..h_T), h_n [B, H] (a copy of h_T, not a view)
 
-// Returns (dx, dh0, dw_ih, dw_hh, db); db is the gradient of b_ih and of b_hh alike.
+// Returns (dx, dh0, dw_ih, dw_hh, db); db is the gradient of b_ih and of b_hh alike. Only the
+// gradients whose output_mask entry is true are computed; the others are undefined tensors
+// (None in Python), and the products that only they need are skipped.
+using GradMask = std::array<bool, 5>;  // dx, dh0, dw_ih, dw_hh, db
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cpu(
     const at::Tensor& grad_output,  // [T, B, H]  dL/dh_t through output
     const at::Tensor& grad_h_n,     // [B, H]     dL/dh_T through h_n
@@ -29,7 +33,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
     const at::Tensor& h0,           // [B, H]     forward initial state
     const at::Tensor& w_ih,         // [H, E]
     const at::Tensor& w_hh,         // [H, H]
-    const at::Tensor& output);      // [T, B, H]  forward output
+    const at::Tensor& output,       // [T, B, H]  forward output
+    GradMask output_mask);
 // dx [T, B, E], dh0 [B, H], dw_ih [H, E], dw_hh [H, H], db [H]
 
 // The CPU kernels' vectorised code in use ("default", "avx2", "avx512", "sve256": the names of

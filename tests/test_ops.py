@@ -243,6 +243,90 @@ def test_cpu_capability_matches_reference(capability, dtype, tmp_path):
             assert_close_to_ref(g, want, dtype, "d" + name)
 
 
+# --------------------------------------------------------------------------- only the needed gradients
+
+MASK_CASES = {  # which of (x, h0, w_ih, w_hh, b_ih, b_hh) require grad
+    "all": [True] * 6,
+    "frozen-x": [False, True, True, True, True, True],      # one-hot or data input
+    "frozen-layer": [True, True, False, False, False, False],  # a frozen layer: dx and dh0 only
+    "weights-only": [False, False, True, True, True, True],
+    "w_hh-only": [False, False, False, True, False, False],
+    "b_hh-only": [False, False, False, False, False, True],
+    "h0-only": [False, True, False, False, False, False],
+}
+
+
+def window_gemms(fn):
+    """The ATen GEMMs (mm, addmm) that run inside charrnn's backward op during fn(), by name.
+    On one thread the CPU backward computes every window product through them on the calling
+    thread, after the sweep; the sweep's own per-step products (at::cpu::addmm_out, below the
+    dispatcher) are not counted."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+    finally:
+        torch.set_num_threads(old)
+    events = prof.events()
+    backward = [e for e in events if e.name == "charrnn::rnn_tanh_backward"]
+    assert len(backward) == 1, [e.name for e in events][:50]
+    start, end = backward[0].time_range.start, backward[0].time_range.end
+    return sorted(e.name for e in events if e.name in ("aten::mm", "aten::addmm", "aten::addmm_")
+                  and start <= e.time_range.start and e.time_range.end <= end)
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("case", list(MASK_CASES))
+def test_backward_computes_only_needed_gradients(device, case):
+    """Inputs that need no gradient get None from the autograd Function, the others the same
+    gradients as when all are requested, and on the CPU the products that only the skipped
+    gradients need do not run: dx = a w_ih (1 GEMM), dh0 = a_0 w_hh (1), dw_ih (1), dw_hh
+    (2: h0's step and the rest), db (a sum, no GEMM)."""
+    needs = MASK_CASES[case]
+    full = make_inputs(6, 3, 5, 13, torch.float64, device, seed=50)
+    g = torch.Generator().manual_seed(51)
+    grad_output = torch.randn(6, 3, 13, generator=g, dtype=torch.float64).to(device)
+    grad_h_n = torch.randn(3, 13, generator=g, dtype=torch.float64).to(device)
+    out, h_n = rnn_tanh(*full)
+    want = torch.autograd.grad((out, h_n), full, (grad_output, grad_h_n))
+
+    inputs = [t.detach().requires_grad_(n) for t, n in zip(full, needs)]
+    out, h_n = rnn_tanh(*inputs)
+    present = [t for t in inputs if t.requires_grad]
+    grads = {}
+
+    def backward():
+        grads.update(zip(map(id, present), torch.autograd.grad((out, h_n), present, (grad_output, grad_h_n))))
+
+    if device == "cpu":
+        gemms = window_gemms(backward)
+        expected = needs[0] + needs[1] + needs[2] + 2 * needs[3]
+        assert len(gemms) == expected, gemms
+    else:
+        backward()
+    for name, t, w in zip(GRAD_NAMES, inputs, want):
+        if t.requires_grad:
+            torch.testing.assert_close(grads[id(t)], w, rtol=0, atol=1e-12, msg=lambda m, name=name: f"d{name}: " + m)
+
+
+@pytest.mark.parametrize("device", devices)
+def test_backward_op_output_mask(device):
+    """The op itself: a False in output_mask gives None, a True the gradient of the full call;
+    all False computes nothing."""
+    x, h0, w_ih, w_hh, b_ih, b_hh = make_inputs(5, 2, 4, 13, torch.float64, device, requires_grad=False)
+    output, h_n = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
+    args = (torch.ones_like(output), torch.full_like(h_n, 0.5), x, h0, w_ih, w_hh, output)
+    full = BACKWARD(*args)
+    for mask in ([True, False, True, False, True], [False, True, False, True, False], [False] * 5):
+        got = BACKWARD(*args, mask)
+        for wanted, g, f in zip(mask, got, full):
+            if wanted:
+                torch.testing.assert_close(g, f, rtol=0, atol=1e-12)
+            else:
+                assert g is None
+
+
 @pytest.mark.parametrize("device", devices)
 @pytest.mark.parametrize("path", ["output_only", "h_n_only"])
 @pytest.mark.parametrize("shape", [(1, 2, 3, 13), (7, 3, 5, 37)], ids=shape_id)
@@ -412,8 +496,9 @@ def test_opcheck_backward(device):
         output, h_n = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
         grad_output = torch.randn(output.shape, generator=g, dtype=x.dtype).to(device)
         grad_h_n = torch.randn(h_n.shape, generator=g, dtype=x.dtype).to(device)
-        result = torch.library.opcheck(BACKWARD, (grad_output, grad_h_n, x, h0, w_ih, w_hh, output))
-        assert set(result.values()) == {"SUCCESS"}, result
+        for mask in ([True] * 5, [False, True, True, False, True], [True, False, False, True, False]):
+            result = torch.library.opcheck(BACKWARD, (grad_output, grad_h_n, x, h0, w_ih, w_hh, output, mask))
+            assert set(result.values()) == {"SUCCESS"}, result
 
 
 @pytest.mark.parametrize("device", devices)
@@ -439,6 +524,8 @@ def test_meta_tensors_give_shapes(layout):
     assert out.shape == (4, 3, 13)
     grads = BACKWARD(out, h_n, x, h0, w_ih, w_hh, out)
     assert [tuple(g.shape) for g in grads] == [(4, 3, 5), (3, 13), (13, 5), (13, 13), (13,)]
+    grads = BACKWARD(out, h_n, x, h0, w_ih, w_hh, out, [False, True, False, True, False])
+    assert [None if g is None else tuple(g.shape) for g in grads] == [None, (3, 13), None, (13, 13), None]
 
 
 # --------------------------------------------------------------------------- torch.compile

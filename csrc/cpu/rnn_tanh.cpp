@@ -162,7 +162,7 @@ void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& w
 
 // The backward's products that need only final a_t, for the steps [t0, t1), as member `part`
 // of `parts`: its share of the rows of dx and of the hidden units (rows) of dw_ih, dw_hh and
-// db, so that no two members write the same element.
+// db, so that no two members write the same element. Undefined outputs are not wanted.
 struct WindowProducts {
   at::Tensor a, x, h0, output, w_ih;  // [T, B, H], [T, B, E], [B, H], [T, B, H], [H, E]
   at::Tensor dx, dw_ih, dw_hh, db;    // [T, B, E], [H, E], [H, H] and [H], zeroed
@@ -304,9 +304,11 @@ std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cpu(
     const at::Tensor& grad_output_in, const at::Tensor& grad_h_n_in, const at::Tensor& x_in,
     const at::Tensor& h0_in, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
-    const at::Tensor& output_in) {
+    const at::Tensor& output_in, GradMask output_mask) {
   check_backward_args(grad_output_in, grad_h_n_in, x_in, h0_in, w_ih_in, w_hh_in, output_in);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const auto [want_dx, want_dh0, want_dw_ih, want_dw_hh, want_db] = output_mask;
+  if (!(want_dx || want_dh0 || want_dw_ih || want_dw_hh || want_db)) return {};
   const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(),
                    w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous(),
                    output = output_in.contiguous(), grad_h_n = grad_h_n_in.contiguous();
@@ -315,10 +317,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
 
   // One allocation even when grad_output is an expanded view (the gradient of out.sum()).
   at::Tensor a = grad_output_in.clone(at::MemoryFormat::Contiguous);
-  at::Tensor dh0 = at::empty({B, H}, opts);
-  const WindowProducts products{a, x, h0, output, w_ih, at::empty({T, B, E}, opts),
-                                at::zeros({H, E}, opts), at::zeros({H, H}, opts),
-                                at::zeros({H}, opts)};
+  at::Tensor dh0 = want_dh0 ? at::empty({B, H}, opts) : at::Tensor();
+  const WindowProducts products{a, x, h0, output, w_ih,
+                                want_dx ? at::empty({T, B, E}, opts) : at::Tensor(),
+                                want_dw_ih ? at::zeros({H, E}, opts) : at::Tensor(),
+                                want_dw_hh ? at::zeros({H, H}, opts) : at::Tensor(),
+                                want_db ? at::zeros({H}, opts) : at::Tensor()};
 
   // Threads: up to half sweep (as many as a step is worth, see kSerialStepWork), the rest
   // compute the products of finished chunks meanwhile. On one thread the products follow the
