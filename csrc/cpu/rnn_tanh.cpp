@@ -113,10 +113,9 @@ struct StepBlock {
   MovingView prev;  // [B, H]: the state the step multiplies
   at::Tensor w;     // [H, n]: w_hh^T's columns j0.. (forward) or w_hh's (backward)
 
-  at::Tensor& add_product(int64_t step_offset, int64_t prev_offset) {
+  void add_product(int64_t step_offset, const at::Tensor& s_prev) {
     at::Tensor& o = out.at(step_offset + j0);
-    at::cpu::addmm_out(o, o, prev.at(prev_offset), w);
-    return o;
+    at::cpu::addmm_out(o, o, s_prev, w);
   }
 };
 
@@ -148,12 +147,7 @@ void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& w
       const auto fp_scope = fp_mode.apply();
       for (int64_t i = i0; i < i1; ++i) {
         StepBlock& b = blocks[i];
-        if (t == 0) {
-          at::Tensor& o = b.out.at(b.j0);
-          at::cpu::addmm_out(o, o, h0, b.w);
-        } else {
-          b.add_product(t * step, (t - 1) * step);
-        }
+        b.add_product(t * step, t == 0 ? h0 : b.prev.at((t - 1) * step));
         pointwise.tanh(out + t * step + b.j0, B, b.n, H);
       }
     });
@@ -249,7 +243,7 @@ class BackwardSweep {
       wait_until(steps_done_, k);
       if (failed_.load()) return;
       StepBlock& b = blocks_[ticket % nb];
-      if (t + 1 < T_) b.add_product(t * step, (t + 1) * step);
+      if (t + 1 < T_) b.add_product(t * step, b.prev.at((t + 1) * step));
       pointwise.tanh_grad(a + t * step + b.j0,
                           t + 1 < T_ ? nullptr : grad_h_n_.const_data_ptr<scalar_t>() + b.j0,
                           h + t * step + b.j0, B_, b.n, H_);
