@@ -25,8 +25,11 @@ ROOT = Path(__file__).parent
     '"""Written by setup.py: the torch this build of charrnn_ext was compiled against."""\n'
     f"TORCH_VERSION = {str(torch.__version__)!r}\n")
 
-# One list feeds this build and CMakeLists.txt.
-SOURCES = [s for s in (ROOT / "csrc" / "sources.txt").read_text().split() if s]
+# One list feeds this build and CMakeLists.txt. Its *_kernels.cpp files hold the CPU kernels'
+# vectorised code and are compiled once per CPU capability (see BuildExtension below).
+ALL_SOURCES = [s for s in (ROOT / "csrc" / "sources.txt").read_text().split() if s]
+CAPABILITY_SOURCES = [s for s in ALL_SOURCES if s.endswith("_kernels.cpp")]
+SOURCES = [s for s in ALL_SOURCES if s not in CAPABILITY_SOURCES]
 # The CUDA kernels (.cu, through nvcc) and their ATen host code (.cpp, through the C++ compiler).
 CUDA_SOURCES = sorted(str(p.relative_to(ROOT)) for pattern in ("*.cu", "*.cpp")
                       for p in (ROOT / "csrc" / "cuda").glob(pattern))
@@ -64,12 +67,45 @@ def want_cuda():
     return home
 
 
+def cpu_capabilities():
+    """ATen's CPU capabilities for this architecture, with the flags for each. CPU_CAPABILITY
+    and CPU_CAPABILITY_<name> pick at::vec's implementation; the instruction-set flags are the
+    ones csrc/cpu/dispatch.cpp checks the CPU for. The same list is in CMakeLists.txt."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        caps = {"DEFAULT": [], "AVX2": ["-mavx2", "-mfma"],
+                "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]}
+    elif machine in ("aarch64", "arm64") and platform.system() == "Linux":
+        # NEON is part of the aarch64 baseline, so DEFAULT uses it already.
+        caps = {"DEFAULT": [], "SVE256": ["-march=armv8.2-a+sve", "-msve-vector-bits=256",
+                                          "-DCPU_CAPABILITY_SVE"]}
+    else:
+        caps = {"DEFAULT": []}
+    return {name: [f"-DCPU_CAPABILITY={name}", f"-DCPU_CAPABILITY_{name}"] + flags
+            for name, flags in caps.items()}
+
+
+class BuildExtension(cpp_extension.BuildExtension):
+    """torch's BuildExtension, plus CAPABILITY_SOURCES compiled once per CPU capability (each
+    into its own folder, with the extension's flags and the capability's) and linked into the
+    same extension. Their objects come after the others on the link line, in the order of
+    cpu_capabilities(), so an inline function that several files emit resolves to a copy
+    built without wider instructions."""
+
+    def build_extension(self, ext):
+        ext.extra_objects = [
+            obj for name, flags in cpu_capabilities().items()
+            for obj in self.compiler.compile(
+                CAPABILITY_SOURCES, output_dir=os.path.join(self.build_temp, "cpu-" + name),
+                include_dirs=ext.include_dirs, depends=ext.depends,
+                extra_postargs={"cxx": ext.extra_compile_args["cxx"] + flags, "nvcc": []})]
+        super().build_extension(ext)
+
+
 # -fopenmp: at::parallel_for is a header template whose OpenMP pragmas are compiled into this
-# extension; without the flag every parallel_for here silently runs on one thread.
+# extension; without the flag every parallel_for here silently runs on one thread. No
+# instruction-set flags: only CAPABILITY_SOURCES get those.
 cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard: torch adds the one its headers need
-if platform.machine() in ("x86_64", "AMD64"):
-    # at::vec then uses AVX2 and torch's exported Sleef for tanh, 8 floats at a time.
-    cxx_flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 
 cuda_home = want_cuda()
 if cuda_home and CUDA_SOURCES:
@@ -90,5 +126,5 @@ else:
 
 setup(
     ext_modules=[ext],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

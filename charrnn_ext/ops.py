@@ -29,14 +29,14 @@ def _forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh):
 
 
 @torch.library.register_fake("charrnn::rnn_tanh_backward")
-def _backward_fake(grad_output, grad_h_n, x, h0, w_ih, w_hh, output):
+def _backward_fake(grad_output, grad_h_n, x, h0, w_ih, w_hh, output, output_mask=(True,) * 5):
     for name, t, shape in (("grad_output", grad_output, "[T, B, H]"), ("grad_h_n", grad_h_n, "[B, H]"),
                            ("h0", h0, "[B, H]"), ("w_ih", w_ih, "[H, E]"), ("w_hh", w_hh, "[H, H]"),
                            ("output", output, "[T, B, H]")):
         _check_like(x, name, t, shape)
-    # The kernels return contiguous gradients whatever the inputs' strides.
-    return (x.new_empty(x.shape), h0.new_empty(h0.shape), w_ih.new_empty(w_ih.shape),
-            w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[:1]))
+    # The kernels return contiguous gradients whatever the inputs' strides, None where not asked.
+    shapes = (x.shape, h0.shape, w_ih.shape, w_hh.shape, w_hh.shape[:1])
+    return tuple(x.new_empty(shape) if wanted else None for shape, wanted in zip(shapes, output_mask))
 
 
 class RNNTanhFunction(torch.autograd.Function):
@@ -44,7 +44,8 @@ class RNNTanhFunction(torch.autograd.Function):
 
     Shapes: x [T, B, E], h0 [B, H], w_ih [H, E], w_hh [H, H], b_ih/b_hh [H] or None;
     output [T, B, H], h_n [B, H]. Once differentiable: the backward is itself a fused op
-    without a derivative.
+    without a derivative. The backward computes only the gradients autograd asks for
+    (ctx.needs_input_grad), skipping the products that only the others need.
     """
 
     @staticmethod
@@ -55,7 +56,6 @@ class RNNTanhFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, h0, w_ih, w_hh, b_ih, b_hh = inputs
         ctx.save_for_backward(x, h0, w_ih, w_hh, output[0])
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.set_materialize_grads(True)
 
     @staticmethod
@@ -64,9 +64,10 @@ class RNNTanhFunction(torch.autograd.Function):
             raise RuntimeError("charrnn: double backward (create_graph=True) through rnn_tanh is not "
                                "supported; use torch.nn.RNN where second derivatives are needed")
         x, h0, w_ih, w_hh, output = ctx.saved_tensors
-        dx, dh0, dw_ih, dw_hh, db = _BACKWARD(grad_output, grad_h_n, x, h0, w_ih, w_hh, output)
-        return (dx, dh0, dw_ih, dw_hh, db if ctx.has_bias[0] else None,
-                db if ctx.has_bias[1] else None)
+        need_x, need_h0, need_w_ih, need_w_hh, need_b_ih, need_b_hh = ctx.needs_input_grad
+        dx, dh0, dw_ih, dw_hh, db = _BACKWARD(grad_output, grad_h_n, x, h0, w_ih, w_hh, output,
+                                              [need_x, need_h0, need_w_ih, need_w_hh, need_b_ih or need_b_hh])
+        return (dx, dh0, dw_ih, dw_hh, db if need_b_ih else None, db if need_b_hh else None)
 
 
 def rnn_tanh(x, h0, w_ih, w_hh, b_ih=None, b_hh=None):

@@ -92,8 +92,10 @@ at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih,
 TORCH_LIBRARY(charrnn, m) {
   m.def("rnn_tanh_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh)"
         " -> (Tensor output, Tensor h_n)");
+  // output_mask: which of (dx, dh0, dw_ih, dw_hh, db) to compute; the others come back as None.
   m.def("rnn_tanh_backward(Tensor grad_output, Tensor grad_h_n, Tensor x, Tensor h0, Tensor w_ih,"
-        " Tensor w_hh, Tensor output) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db)");
+        " Tensor w_hh, Tensor output, bool[5] output_mask=[True, True, True, True, True])"
+        " -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db)");
 }
 
 }  // namespace charrnn
@@ -121,9 +123,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     info["cuda"] = false;
 #endif
     info["cuda_arch_list"] = CHARRNN_CUDA_ARCH_LIST;
+    info["cpu_capability"] = charrnn::cpu_capability();
+    info["cpu_capabilities"] = charrnn::cpu_capabilities_compiled();
     return info;
   }, "The torch version the extension was compiled against, whether CUDA kernels were "
-     "compiled, and the CUDA architectures they were compiled for.");
+     "compiled, the CUDA architectures they were compiled for, the CPU kernels' vectorised "
+     "variant in use (cpu_capability: default, avx2, avx512 or sve256; ATEN_CPU_CAPABILITY "
+     "forces a lower one) and every variant compiled (cpu_capabilities).");
 #ifdef CHARRNN_WITH_CUDA
   m.def("cuda_sweep_plan", [](int64_t B, int64_t H, int64_t elem_size, const std::string& path) {
     namespace cc = charrnn::cuda;

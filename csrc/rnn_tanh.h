@@ -1,10 +1,14 @@
-// Fused tanh (Elman) RNN over a whole truncated-BPTT window. Math: DESIGN.md.
+// Fused tanh (Elman) RNN over a whole truncated-BPTT window. Math: docs/design.md.
 // Shapes: T steps, B batch rows, E input features, H hidden units; time-major.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
+
+#include <array>
+#include <string>
 #include <tuple>
+#include <vector>
 
 namespace charrnn {
 
@@ -18,7 +22,10 @@ std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
     const std::optional<at::Tensor>& b_hh); // [H] or None
 // output [T, B, H] (h_1..h_T), h_n [B, H] (a copy of h_T, not a view)
 
-// Returns (dx, dh0, dw_ih, dw_hh, db); db is the gradient of b_ih and of b_hh alike.
+// Returns (dx, dh0, dw_ih, dw_hh, db); db is the gradient of b_ih and of b_hh alike. Only the
+// gradients whose output_mask entry is true are computed; the others are undefined tensors
+// (None in Python), and the products that only they need are skipped.
+using GradMask = std::array<bool, 5>;  // dx, dh0, dw_ih, dw_hh, db
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cpu(
     const at::Tensor& grad_output,  // [T, B, H]  dL/dh_t through output
     const at::Tensor& grad_h_n,     // [B, H]     dL/dh_T through h_n
@@ -26,8 +33,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
     const at::Tensor& h0,           // [B, H]     forward initial state
     const at::Tensor& w_ih,         // [H, E]
     const at::Tensor& w_hh,         // [H, H]
-    const at::Tensor& output);      // [T, B, H]  forward output
+    const at::Tensor& output,       // [T, B, H]  forward output
+    GradMask output_mask);
 // dx [T, B, E], dh0 [B, H], dw_ih [H, E], dw_hh [H, H], db [H]
+
+// The CPU kernels' vectorised code in use ("default", "avx2", "avx512", "sve256": the names of
+// ATEN_CPU_CAPABILITY), and every variant compiled into this build, best first.
+std::string cpu_capability();
+std::vector<std::string> cpu_capabilities_compiled();
 
 // x w_ih^T + b_ih + b_hh for all T steps as one GEMM, into a new [T, B, H] tensor that the
 // kernels then turn into the output in place. Either bias may be absent. Any device.

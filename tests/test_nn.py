@@ -271,3 +271,24 @@ def test_is_an_nn_rnn_and_trains():
     opt.step()
     for k, v in rnn.named_parameters():
         assert not torch.equal(v.detach(), before[k]), k
+
+
+@pytest.mark.parametrize("device", devices)
+def test_frozen_layer_and_data_input(device):
+    """Input without grad (one-hot) and a frozen first layer: the trainable parameters get
+    nn.RNN's gradients, the frozen ones none (the fused backward is not asked for them)."""
+    fused, ref = make_pair(device, torch.float64, seed=16, num_layers=2)
+    for module in (fused, ref):
+        for name, p in module.named_parameters():
+            p.requires_grad_(not name.endswith("_l0"))
+    x = torch.nn.functional.one_hot(torch.randint(0, E, (T, B)), E).to(device, torch.float64)
+    grads = {}
+    for module in (fused, ref):
+        out, h_n = module(x)
+        (out.square().mean() + h_n.sum()).backward()
+        grads[module] = {name: p.grad for name, p in module.named_parameters()}
+    for name, g in grads[ref].items():
+        if name.endswith("_l0"):
+            assert g is None and grads[fused][name] is None, name
+        else:
+            torch.testing.assert_close(grads[fused][name], g, msg=lambda m, name=name: f"grad of {name}: " + m)

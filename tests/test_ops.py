@@ -5,6 +5,7 @@ CUDA kernels reuse it unchanged; and of state-spaces/mamba: odd sizes, non-conti
 tolerance per dtype. The oracle is charrnn_ext.reference (numpy, float64); torch.nn.RNN is the
 second, independent comparison.
 """
+import os
 import subprocess
 import sys
 
@@ -160,12 +161,8 @@ def test_forward_backward_matches_reference(device, dtype, shape, layout, bias):
             torch.testing.assert_close(t.detach(), b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("shape", [(150, 8, 7, 163), (70, 1, 3, 29), (5, 200, 9, 11)], ids=shape_id)
-def test_cpu_thread_paths_match_reference(threads, shape):
-    """The CPU backward overlaps its sweep with the window GEMMs on two threads (in chunks of
-    steps, the first chunk holding h0's step) and runs them one after the other otherwise;
-    the forward splits large steps across threads. Every path gives the reference."""
+def thread_case_grads(shape, threads):
+    """Forward and all gradients of one float64 case at a thread count, with the reference's."""
     T, B, E, H = shape
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -178,11 +175,156 @@ def test_cpu_thread_paths_match_reference(threads, shape):
         grads = torch.autograd.grad((out, h_n), inputs, (grad_output, grad_h_n))
     finally:
         torch.set_num_threads(old)
-    ref_out, ref_h_n, ref_grads = reference_grads(inputs, grad_output, grad_h_n)
+    return (out, h_n, grads), reference_grads(inputs, grad_output, grad_h_n)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("shape", [(150, 8, 7, 163), (70, 1, 3, 29), (5, 200, 9, 11), (40, 16, 5, 160)],
+                         ids=shape_id)
+def test_cpu_thread_paths_match_reference(threads, shape):
+    """The CPU backward sweeps on up to half the threads while the others compute the window
+    GEMMs of finished chunks of steps (the first chunk holding h0's step); on one thread the
+    GEMMs follow the sweep. Steps of B*H*H >= 2**18 multiply-adds (the last shape) are split
+    across a team of sweeping threads from 4 threads on, and across threads in the forward.
+    Every thread count gives the reference."""
+    (out, h_n, grads), (ref_out, ref_h_n, ref_grads) = thread_case_grads(shape, threads)
     assert_close_to_ref(out, ref_out, torch.float64, "output")
     assert_close_to_ref(h_n, ref_h_n, torch.float64, "h_n")
     for name, got, want in zip(GRAD_NAMES, grads, ref_grads):
         assert_close_to_ref(got, want, torch.float64, "d" + name)
+
+
+# --------------------------------------------------------------------------- CPU capabilities
+
+def machine_capabilities():
+    """The CPU variants this machine runs that the build has: ATen's choice without
+    ATEN_CPU_CAPABILITY and every one below it."""
+    order = ["default", "avx2", "avx512"]
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                           capture_output=True, text=True, timeout=120,
+                           env={k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"})
+    best = probe.stdout.strip().lower()
+    have = order[:order.index(best) + 1] if best in order else ["default"]
+    return [c for c in have if c in charrnn_ext.build_info()["cpu_capabilities"]]
+
+
+CAPABILITY_CHILD = """
+import sys, torch, charrnn_ext
+from charrnn_ext import rnn_tanh
+inputs = [t.requires_grad_() for t in torch.load(sys.argv[1])]
+out, h_n = rnn_tanh(*inputs)
+grads = torch.autograd.grad((out, h_n), inputs, (torch.cos(out.detach()), torch.sin(h_n.detach())))
+torch.save(dict(info=charrnn_ext.build_info(), out=out, h_n=h_n, grads=grads), sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("capability", machine_capabilities())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_capability_matches_reference(capability, dtype, tmp_path):
+    """Each vectorised CPU variant this machine has, forced with ATEN_CPU_CAPABILITY in a fresh
+    interpreter: build_info reports it, and forward and backward give the reference. H=37 and
+    E=5 leave partial vectors at every width; the largest step is split across threads."""
+    cases = [(9, 3, 5, 37), (4, 64, 3, 70)]
+    for i, shape in enumerate(cases):
+        inputs = make_inputs(*shape, dtype, seed=40 + i)
+        torch.save([t.detach() for t in inputs], tmp_path / "in.pt")
+        env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+        proc = subprocess.run([sys.executable, "-c", CAPABILITY_CHILD, str(tmp_path / "in.pt"),
+                               str(tmp_path / "out.pt")], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = torch.load(tmp_path / "out.pt")
+        assert got["info"]["cpu_capability"] == capability
+        out, h_n = got["out"], got["h_n"]
+        ref_out, ref_h_n, ref_grads = reference_grads(inputs, torch.cos(out), torch.sin(h_n))
+        assert_close_to_ref(out, ref_out, dtype, "output")
+        assert_close_to_ref(h_n, ref_h_n, dtype, "h_n")
+        for name, g, want in zip(GRAD_NAMES, got["grads"], ref_grads):
+            assert_close_to_ref(g, want, dtype, "d" + name)
+
+
+# --------------------------------------------------------------------------- only the needed gradients
+
+MASK_CASES = {  # which of (x, h0, w_ih, w_hh, b_ih, b_hh) require grad
+    "all": [True] * 6,
+    "frozen-x": [False, True, True, True, True, True],      # one-hot or data input
+    "frozen-layer": [True, True, False, False, False, False],  # a frozen layer: dx and dh0 only
+    "weights-only": [False, False, True, True, True, True],
+    "w_hh-only": [False, False, False, True, False, False],
+    "b_hh-only": [False, False, False, False, False, True],
+    "h0-only": [False, True, False, False, False, False],
+}
+
+
+def window_gemms(fn):
+    """The ATen GEMMs (mm, addmm) that run inside charrnn's backward op during fn(), by name.
+    On one thread the CPU backward computes every window product through them on the calling
+    thread, after the sweep; the sweep's own per-step products (at::cpu::addmm_out, below the
+    dispatcher) are not counted."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+    finally:
+        torch.set_num_threads(old)
+    events = prof.events()
+    backward = [e for e in events if e.name == "charrnn::rnn_tanh_backward"]
+    assert len(backward) == 1, [e.name for e in events][:50]
+    start, end = backward[0].time_range.start, backward[0].time_range.end
+    return sorted(e.name for e in events if e.name in ("aten::mm", "aten::addmm", "aten::addmm_")
+                  and start <= e.time_range.start and e.time_range.end <= end)
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("case", list(MASK_CASES))
+def test_backward_computes_only_needed_gradients(device, case):
+    """Inputs that need no gradient get None from the autograd Function, the others the same
+    gradients as when all are requested, and on the CPU the products that only the skipped
+    gradients need do not run: dx = a w_ih (1 GEMM), dh0 = a_0 w_hh (1), dw_ih (1), dw_hh
+    (2: h0's step and the rest), db (a sum, no GEMM)."""
+    needs = MASK_CASES[case]
+    full = make_inputs(6, 3, 5, 13, torch.float64, device, seed=50)
+    g = torch.Generator().manual_seed(51)
+    grad_output = torch.randn(6, 3, 13, generator=g, dtype=torch.float64).to(device)
+    grad_h_n = torch.randn(3, 13, generator=g, dtype=torch.float64).to(device)
+    out, h_n = rnn_tanh(*full)
+    want = torch.autograd.grad((out, h_n), full, (grad_output, grad_h_n))
+
+    inputs = [t.detach().requires_grad_(n) for t, n in zip(full, needs)]
+    out, h_n = rnn_tanh(*inputs)
+    present = [t for t in inputs if t.requires_grad]
+    grads = {}
+
+    def backward():
+        grads.update(zip(map(id, present), torch.autograd.grad((out, h_n), present, (grad_output, grad_h_n))))
+
+    if device == "cpu":
+        gemms = window_gemms(backward)
+        expected = needs[0] + needs[1] + needs[2] + 2 * needs[3]
+        assert len(gemms) == expected, gemms
+    else:
+        backward()
+    for name, t, w in zip(GRAD_NAMES, inputs, want):
+        if t.requires_grad:
+            torch.testing.assert_close(grads[id(t)], w, rtol=0, atol=1e-12, msg=lambda m, name=name: f"d{name}: " + m)
+
+
+@pytest.mark.parametrize("device", devices)
+def test_backward_op_output_mask(device):
+    """The op itself: a False in output_mask gives None, a True the gradient of the full call;
+    all False computes nothing."""
+    x, h0, w_ih, w_hh, b_ih, b_hh = make_inputs(5, 2, 4, 13, torch.float64, device, requires_grad=False)
+    output, h_n = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
+    args = (torch.ones_like(output), torch.full_like(h_n, 0.5), x, h0, w_ih, w_hh, output)
+    full = BACKWARD(*args)
+    for mask in ([True, False, True, False, True], [False, True, False, True, False], [False] * 5):
+        got = BACKWARD(*args, mask)
+        for wanted, g, f in zip(mask, got, full):
+            if wanted:
+                torch.testing.assert_close(g, f, rtol=0, atol=1e-12)
+            else:
+                assert g is None
 
 
 @pytest.mark.parametrize("device", devices)
@@ -354,8 +496,9 @@ def test_opcheck_backward(device):
         output, h_n = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
         grad_output = torch.randn(output.shape, generator=g, dtype=x.dtype).to(device)
         grad_h_n = torch.randn(h_n.shape, generator=g, dtype=x.dtype).to(device)
-        result = torch.library.opcheck(BACKWARD, (grad_output, grad_h_n, x, h0, w_ih, w_hh, output))
-        assert set(result.values()) == {"SUCCESS"}, result
+        for mask in ([True] * 5, [False, True, True, False, True], [True, False, False, True, False]):
+            result = torch.library.opcheck(BACKWARD, (grad_output, grad_h_n, x, h0, w_ih, w_hh, output, mask))
+            assert set(result.values()) == {"SUCCESS"}, result
 
 
 @pytest.mark.parametrize("device", devices)
@@ -381,6 +524,8 @@ def test_meta_tensors_give_shapes(layout):
     assert out.shape == (4, 3, 13)
     grads = BACKWARD(out, h_n, x, h0, w_ih, w_hh, out)
     assert [tuple(g.shape) for g in grads] == [(4, 3, 5), (3, 13), (13, 5), (13, 13), (13,)]
+    grads = BACKWARD(out, h_n, x, h0, w_ih, w_hh, out, [False, True, False, True, False])
+    assert [None if g is None else tuple(g.shape) for g in grads] == [None, (3, 13), None, (13, 13), None]
 
 
 # --------------------------------------------------------------------------- torch.compile
@@ -627,6 +772,10 @@ def test_import_registers_ops_in_fresh_interpreter():
 
 def test_build_info():
     info = charrnn_ext.build_info()
-    assert set(info) >= {"torch_version", "cuda", "cuda_arch_list"}
+    assert set(info) >= {"torch_version", "cuda", "cuda_arch_list", "cpu_capability", "cpu_capabilities"}
+    assert "default" in info["cpu_capabilities"]
+    assert info["cpu_capability"] in info["cpu_capabilities"]
+    if os.environ.get("ATEN_CPU_CAPABILITY") is None:
+        assert info["cpu_capability"] == machine_capabilities()[-1]
     assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
     assert isinstance(info["cuda"], bool)

@@ -1,61 +1,49 @@
-// CPU kernels of the fused tanh RNN: big products through ATen, the two sequential sweeps
-// through BLAS called directly, elementwise work vectorised with at::vec and split with
-// at::parallel_for.
+// CPU kernels of the fused tanh RNN. Every product goes through ATen's CPU GEMM (the BLAS torch
+// was built with: MKL, OpenBLAS, Accelerate, or ATen's own): the sweeps' small per-step ones
+// through at::cpu::addmm_out on views that move from step to step, the window-sized ones
+// through at:: ops. The pointwise parts are vectorised once per CPU capability (pointwise.h).
+// Design: docs/design.md.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/addmm_cpu_dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
-#include <thread>
+#include <exception>
+#include <limits>
+#include <vector>
 
-#if defined(__SSE__) || defined(__x86_64__)
+#if defined(__SSE__) || defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
 #endif
 
 #include "../rnn_tanh.h"
-
-// The per-step product is small ([B, H] x [H, H]); through at::mm it pays a few µs of
-// dispatch, view and shape bookkeeping every step, which at B=1..32 costs more than the
-// product itself. Fortran BLAS is what at::mm ends in on CPU (MKL in the x86 wheels,
-// OpenBLAS elsewhere), and libtorch_cpu exports it, so the sweeps call it straight.
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b,
-            const int* ldb, const double* beta, double* c, const int* ldc);
-}
+#include "pointwise.h"
 
 namespace charrnn {
 namespace {
 
-void blas_gemm(const char* ta, const char* tb, int m, int n, int k, const float* a, int lda,
-               const float* b, int ldb, float beta, float* c, int ldc) {
-  const float one = 1.f;
-  sgemm_(ta, tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-void blas_gemm(const char* ta, const char* tb, int m, int n, int k, const double* a, int lda,
-               const double* b, int ldb, double beta, double* c, int ldc) {
-  const double one = 1.0;
-  dgemm_(ta, tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-
-// Each step is split by hidden units (columns of h_t) across threads: a thread multiplies
-// its rows of w_hh and applies the pointwise part to its own columns while they are still in
-// cache, so a step costs one parallel region. BLAS runs single-threaded inside it (MKL and
-// OpenBLAS do when called from a parallel region), and below kSerialStepWork multiply-adds
-// a step stays on the calling thread, where waking the pool would cost more than it saves.
+// A step's product is small ([B, H] x [H, H]). Below kSerialStepWork multiply-adds it stays on
+// one thread, where waking others would cost more than it saves; above, each thread takes a
+// block of hidden units (columns of h_t) and applies the pointwise part to them while they
+// are still in cache. BLAS runs single-threaded inside a parallel region (MKL and OpenBLAS do).
 constexpr int64_t kSerialStepWork = 1 << 17;
+
+// Rows of a (steps times B) that the products of the overlapped backward take at a time:
+// enough for the GEMMs to run near their full rate.
+constexpr int64_t kProductChunkRows = 512;
+
+// How long a thread spins before it sleeps while waiting on another: a step takes
+// microseconds, a sleep and wake-up tens of them.
+constexpr int kSpins = 2000;
 
 // torch.set_flush_denormal sets flush-to-zero on the calling thread only. Vanishing BPTT
 // gradients reach denormal floats, which cost ~100x per operation, so the pool threads take
-// the caller's setting for the length of a step.
+// the caller's setting while they work for it.
 class CallerFpMode {
  public:
-#if defined(__SSE__) || defined(__x86_64__)
+#if defined(__SSE__) || defined(__x86_64__) || defined(_M_X64)
   CallerFpMode() : csr_(_mm_getcsr()) {}
   struct Scope {
     explicit Scope(unsigned csr) : saved(_mm_getcsr()) { _mm_setcsr(csr); }
@@ -71,102 +59,225 @@ class CallerFpMode {
 #endif
 };
 
-int64_t column_grain(int64_t B, int64_t H) {
-  return B * H * H < kSerialStepWork ? H : std::max<int64_t>(8, kSerialStepWork / (B * H));
+void cpu_relax() {
+#if defined(__SSE__) || defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
 }
 
-// h_t = tanh(h_t + h_prev w_hh^T) for h_t, h_prev [B, H] row-major, h_t holding the input
-// projection. BLAS is column-major, where a row-major buffer reads as its transpose: the
-// columns [j0, j1) of h_t are rows of h_t^T = w_hh[j0:j1] h_prev^T, w_hh's rows read "T".
-template <typename scalar_t>
-void forward_step(const scalar_t* h_prev, const scalar_t* w_hh, scalar_t* h_t, int64_t B,
-                  int64_t H) {
-  using Vec = at::vec::Vectorized<scalar_t>;
-  const CallerFpMode fp_mode;
-  at::parallel_for(0, H, column_grain(B, H), [&](int64_t j0, int64_t j1) {
-    const auto fp_scope = fp_mode.apply();
-    const int n = static_cast<int>(j1 - j0);
-    blas_gemm("T", "N", n, B, H, w_hh + j0 * H, H, h_prev, H, scalar_t(1), h_t + j0, H);
-    for (int64_t b = 0; b < B; ++b) {
-      scalar_t* row = h_t + b * H + j0;
-      for (int64_t i = 0; i < n; i += Vec::size()) {
-        const int64_t len = std::min<int64_t>(Vec::size(), n - i);
-        Vec::loadu(row + i, len).tanh().store(row + i, len);
-      }
-    }
-  });
+// Blocks until counter >= target: a bounded spin, then std::atomic::wait (a futex on Linux).
+void wait_until(const std::atomic<int64_t>& counter, int64_t target) {
+  for (int spin = 0; spin < kSpins; ++spin) {
+    if (counter.load(std::memory_order_acquire) >= target) return;
+    cpu_relax();
+  }
+  for (int64_t seen = counter.load(std::memory_order_acquire); seen < target;
+       seen = counter.load(std::memory_order_acquire))
+    counter.wait(seen, std::memory_order_acquire);
 }
 
-// a_t = (a_t + extra + a_next w_hh) * (1 - h_t^2) for [B, H] row-major buffers; a_t holds
-// g_t on entry; extra (g_n) and a_next may be null. Columns [j0, j1) of a_next w_hh are
-// (w_hh[:, j0:j1])^T a_next^T in column-major, w_hh's columns read "N" from offset j0.
-template <typename scalar_t>
-void backward_step(const scalar_t* a_next, const scalar_t* extra, const scalar_t* h_t,
-                   const scalar_t* w_hh, scalar_t* a_t, int64_t B, int64_t H) {
-  using Vec = at::vec::Vectorized<scalar_t>;
-  const CallerFpMode fp_mode;
-  at::parallel_for(0, H, column_grain(B, H), [&](int64_t j0, int64_t j1) {
-    const auto fp_scope = fp_mode.apply();
-    const int n = static_cast<int>(j1 - j0);
-    if (a_next) blas_gemm("N", "N", n, B, H, w_hh + j0, H, a_next, H, scalar_t(1), a_t + j0, H);
-    const Vec one(scalar_t(1));
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t off = b * H + j0;
-      for (int64_t i = 0; i < n; i += Vec::size()) {
-        const int64_t len = std::min<int64_t>(Vec::size(), n - i);
-        Vec v = Vec::loadu(a_t + off + i, len);
-        if (extra) v = v + Vec::loadu(extra + off + i, len);
-        const Vec h = Vec::loadu(h_t + off + i, len);
-        (v * (one - h * h)).store(a_t + off + i, len);
-      }
-    }
-  });
+// Raises counter to value (never lowers it: a failing member may have raised it to the end)
+// and wakes its waiters.
+void publish(std::atomic<int64_t>& counter, int64_t value) {
+  int64_t seen = counter.load(std::memory_order_relaxed);
+  while (seen < value && !counter.compare_exchange_weak(seen, value, std::memory_order_release,
+                                                        std::memory_order_relaxed)) {
+  }
+  counter.notify_all();
 }
 
-// Rows of a that the products of the overlapped backward take at a time: enough for the
-// GEMMs to run near their full rate.
-constexpr int64_t kProductChunkRows = 512;
+// A [rows, cols] window, rows H apart, into a [.., H] buffer, moved from step to step. Making
+// a view costs about as much as a step's product at small B and H; moving one is a field write.
+class MovingView {
+ public:
+  MovingView(const at::Tensor& base, int64_t rows, int64_t cols)
+      : view_(base.as_strided({rows, cols}, {base.size(-1), 1}, base.storage_offset())),
+        base_offset_(base.storage_offset()) {}
+  at::Tensor& at(int64_t offset) {
+    view_.unsafeGetTensorImpl()->set_storage_offset(base_offset_ + offset);
+    return view_;
+  }
 
-// The backward's products that need only finished a_t, for the steps [t0, t1): dx rows,
-// and accumulations into dw_ih, dw_hh and db (which start at zero). Row-major buffers;
-// column-major BLAS reads each as its transpose (see forward_step).
-template <typename scalar_t>
-struct WindowProducts {
-  const scalar_t *a, *x, *h0, *output, *w_ih;  // [T, B, H], [T, B, E], [B, H], [T, B, H], [H, E]
-  scalar_t *dx, *dw_ih, *dw_hh, *db;            // [T, B, E], [H, E], [H, H], [H]
-  int64_t B, E, H;
+ private:
+  at::Tensor view_;
+  int64_t base_offset_;
+};
 
-  void operator()(int64_t t0, int64_t t1) const {
-    const int rows = static_cast<int>((t1 - t0) * B);
-    const scalar_t* a_c = a + t0 * B * H;
-    if (E > 0) {
-      const int ld = static_cast<int>(E);
-      // dx_c = a_c w_ih ; dw_ih += a_c^T x_c
-      blas_gemm("N", "N", ld, rows, H, w_ih, ld, a_c, H, scalar_t(0), dx + t0 * B * E, ld);
-      blas_gemm("N", "T", ld, H, rows, x + t0 * B * E, ld, a_c, H, scalar_t(1), dw_ih, ld);
-    }
-    // dw_hh += a_c^T h_prev, where h_prev of step 0 is h0 and of step t is output[t - 1]
-    if (t0 == 0) {
-      blas_gemm("N", "T", H, H, B, h0, H, a_c, H, scalar_t(1), dw_hh, H);
-      if (t1 > 1)
-        blas_gemm("N", "T", H, H, rows - B, output, H, a_c + B * H, H, scalar_t(1), dw_hh, H);
-    } else {
-      blas_gemm("N", "T", H, H, rows, output + (t0 - 1) * B * H, H, a_c, H, scalar_t(1), dw_hh, H);
-    }
-    using Vec = at::vec::Vectorized<scalar_t>;
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t j = 0; j < H; j += Vec::size()) {
-        const int64_t len = std::min<int64_t>(Vec::size(), H - j);
-        (Vec::loadu(db + j, len) + Vec::loadu(a_c + r * H + j, len)).store(db + j, len);
-      }
-    }
+// One block of hidden units [j0, j0 + n) of every step of a sweep over seq [T, B, H]: the
+// step's product seq_t[:, j0:j0+n] += s_prev w, and the pointwise part on those columns.
+struct StepBlock {
+  int64_t j0, n;
+  MovingView out;   // [B, n]: seq_t's columns of the block
+  MovingView prev;  // [B, H]: the state the step multiplies
+  at::Tensor w;     // [H, n]: w_hh^T's columns j0.. (forward) or w_hh's (backward)
+
+  void add_product(int64_t step_offset, const at::Tensor& s_prev) {
+    at::Tensor& o = out.at(step_offset + j0);
+    at::cpu::addmm_out(o, o, s_prev, w);
   }
 };
 
-void check_blas_size(int64_t n, const char* what) {
-  TORCH_CHECK_VALUE(n <= std::numeric_limits<int>::max(), "charrnn: ", what, " = ", n,
-                    " exceeds the 32-bit BLAS index range");
+// At most `most` blocks, each worth a thread (see kSerialStepWork), at least 8 units wide.
+std::vector<StepBlock> step_blocks(const at::Tensor& seq, const at::Tensor& w_hh, bool forward,
+                                   int64_t most) {
+  const int64_t B = seq.size(1), H = seq.size(2), work = B * H * H;
+  const int64_t worth = work < kSerialStepWork ? 1 : work / kSerialStepWork;
+  const int64_t count = std::clamp<int64_t>(std::min(worth, H / 8), 1, std::max<int64_t>(1, most));
+  std::vector<StepBlock> blocks;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t j0 = H * i / count, n = H * (i + 1) / count - j0;
+    blocks.push_back({j0, n, MovingView(seq, B, n), MovingView(seq, B, H),
+                      forward ? w_hh.narrow(0, j0, n).t() : w_hh.narrow(1, j0, n)});
+  }
+  return blocks;
 }
+
+// h_t = tanh(h_t + h_{t-1} w_hh^T) over output [T, B, H], which holds the input projection.
+template <typename scalar_t>
+void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& w_hh) {
+  const int64_t T = output.size(0), B = output.size(1), H = output.size(2), step = B * H;
+  const auto& pointwise = cpu::pointwise<scalar_t>();
+  std::vector<StepBlock> blocks = step_blocks(output, w_hh, /*forward=*/true, at::get_num_threads());
+  scalar_t* out = output.data_ptr<scalar_t>();
+  const CallerFpMode fp_mode;
+  for (int64_t t = 0; t < T; ++t) {
+    at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t i0, int64_t i1) {
+      const auto fp_scope = fp_mode.apply();
+      for (int64_t i = i0; i < i1; ++i) {
+        StepBlock& b = blocks[i];
+        b.add_product(t * step, t == 0 ? h0 : b.prev.at((t - 1) * step));
+        pointwise.tanh(out + t * step + b.j0, B, b.n, H);
+      }
+    });
+  }
+}
+
+// The backward's products that need only final a_t, for the steps [t0, t1), as member `part`
+// of `parts`: its share of the rows of dx and of the hidden units (rows) of dw_ih, dw_hh and
+// db, so that no two members write the same element. Undefined outputs are not wanted.
+struct WindowProducts {
+  at::Tensor a, x, h0, output, w_ih;  // [T, B, H], [T, B, E], [B, H], [T, B, H], [H, E]
+  at::Tensor dx, dw_ih, dw_hh, db;    // [T, B, E], [H, E], [H, H] and [H], zeroed
+
+  bool any() const { return dx.defined() || dw_ih.defined() || dw_hh.defined() || db.defined(); }
+
+  void operator()(int64_t t0, int64_t t1, int64_t part, int64_t parts) const {
+    const int64_t B = a.size(1), H = a.size(2), E = x.size(2), rows = (t1 - t0) * B;
+    const at::Tensor a_c = a.narrow(0, t0, t1 - t0).view({rows, H});
+    if (dx.defined()) {  // dx_c = a_c w_ih
+      const int64_t r0 = rows * part / parts, r1 = rows * (part + 1) / parts;
+      at::Tensor dx_rows = dx.view({a.size(0) * B, E}).narrow(0, t0 * B + r0, r1 - r0);
+      at::mm_out(dx_rows, a_c.narrow(0, r0, r1 - r0), w_ih);
+    }
+    const int64_t j0 = H * part / parts, n = H * (part + 1) / parts - j0;
+    if (n == 0) return;
+    const at::Tensor a_t = a_c.narrow(1, j0, n).t();  // [n, rows]
+    if (dw_ih.defined()) dw_ih.narrow(0, j0, n).addmm_(a_t, x.narrow(0, t0, t1 - t0).view({rows, E}));
+    if (dw_hh.defined()) {  // += a_c^T h_prev, where h_prev of step 0 is h0, of step t output[t-1]
+      at::Tensor dw = dw_hh.narrow(0, j0, n);
+      if (t0 == 0) {
+        dw.addmm_(a_t.narrow(1, 0, B), h0);
+        if (t1 > 1) dw.addmm_(a_t.narrow(1, B, rows - B), output.narrow(0, 0, t1 - 1).view({rows - B, H}));
+      } else {
+        dw.addmm_(a_t, output.narrow(0, t0 - 1, t1 - t0).view({rows, H}));
+      }
+    }
+    if (db.defined()) db.narrow(0, j0, n).add_(a_t.sum(1));
+  }
+};
+
+// a_t = (g_t + a_{t+1} w_hh) * (1 - h_t^2) for t = T-1 .. 0, built in place over a [T, B, H]
+// (a copy of grad_output), with grad_h_n added at T-1. A team of sweep members takes the
+// (step, block) pairs in step order, so each step waits only for the one before it; any
+// number of members, from one up, completes the sweep, so none can wait on a member that
+// never came. Product members compute the window products of each chunk of steps once the
+// sweep has finished it; they own disjoint parts of the outputs.
+template <typename scalar_t>
+class BackwardSweep {
+ public:
+  BackwardSweep(at::Tensor& a, const at::Tensor& grad_h_n, const at::Tensor& output,
+                const at::Tensor& w_hh, at::Tensor dh0, const WindowProducts& products,
+                int64_t sweep_members)
+      : a_(a), grad_h_n_(grad_h_n), output_(output), w_hh_(w_hh), dh0_(std::move(dh0)),
+        products_(products), T_(a.size(0)), B_(a.size(1)), H_(a.size(2)),
+        blocks_(step_blocks(a, w_hh, /*forward=*/false, sweep_members)),
+        chunk_(std::clamp<int64_t>((kProductChunkRows + B_ - 1) / B_, 1, T_)) {}
+
+  int64_t sweep_members() const { return static_cast<int64_t>(blocks_.size()); }
+
+  // Members 0 .. sweep_members()-1 sweep, the next `product_members` compute the products.
+  // Member 0 comes first wherever at::parallel_for runs them (on the calling thread, or first
+  // in order when fewer threads than members come).
+  void run(int64_t product_members) {
+    const CallerFpMode fp_mode;
+    at::parallel_for(0, sweep_members() + product_members, 1, [&](int64_t m0, int64_t m1) {
+      const auto fp_scope = fp_mode.apply();
+      // The pool threads' own autograd state would record the products (and refuse out=).
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      for (int64_t m = m0; m < m1; ++m) {
+        try {
+          if (m < sweep_members()) sweep_member();
+          else product_member(m - sweep_members(), product_members);
+        } catch (...) {  // release every waiting member, then let at::parallel_for rethrow
+          failed_.store(true);
+          publish(steps_done_, T_);
+          publish(steps_final_, T_);
+          throw;
+        }
+      }
+    });
+  }
+
+ private:
+  void sweep_member() {
+    const auto& pointwise = cpu::pointwise<scalar_t>();
+    const int64_t nb = sweep_members(), step = B_ * H_;
+    scalar_t* a = a_.data_ptr<scalar_t>();
+    const scalar_t* h = output_.const_data_ptr<scalar_t>();
+    for (;;) {
+      const int64_t ticket = tickets_.fetch_add(1, std::memory_order_relaxed);
+      const int64_t k = ticket / nb, t = T_ - 1 - k;  // the k-th step of the sweep is t
+      if (k >= T_) return;
+      wait_until(steps_done_, k);
+      if (failed_.load()) return;
+      StepBlock& b = blocks_[ticket % nb];
+      if (t + 1 < T_) b.add_product(t * step, b.prev.at((t + 1) * step));
+      pointwise.tanh_grad(a + t * step + b.j0,
+                          t + 1 < T_ ? nullptr : grad_h_n_.const_data_ptr<scalar_t>() + b.j0,
+                          h + t * step + b.j0, B_, b.n, H_);
+      if (blocks_done_.fetch_add(1, std::memory_order_acq_rel) + 1 < (k + 1) * nb) continue;
+      // This member finished step k, the last of its blocks.
+      if (nb > 1) publish(steps_done_, k + 1);
+      else steps_done_.store(k + 1, std::memory_order_relaxed);  // read by this member alone
+      if ((k + 1) % chunk_ == 0 || t == 0) publish(steps_final_, k + 1);
+      if (t == 0 && dh0_.defined()) at::mm_out(dh0_, a_[0], w_hh_);
+    }
+  }
+
+  void product_member(int64_t part, int64_t parts) {
+    for (int64_t t1 = T_; t1 > 0;) {
+      const int64_t t0 = std::max<int64_t>(0, t1 - chunk_);
+      wait_until(steps_final_, T_ - t0);
+      if (failed_.load()) return;
+      products_(t0, t1, part, parts);
+      t1 = t0;
+    }
+  }
+
+  at::Tensor& a_;
+  const at::Tensor &grad_h_n_, &output_, &w_hh_;
+  at::Tensor dh0_;
+  const WindowProducts& products_;
+  const int64_t T_, B_, H_;
+  std::vector<StepBlock> blocks_;
+  const int64_t chunk_;  // steps per chunk of the products
+  std::atomic<int64_t> tickets_{0}, blocks_done_{0};
+  std::atomic<int64_t> steps_done_{0};   // the sweep's first steps_done_ steps are done
+  std::atomic<int64_t> steps_final_{0};  // the same, published per chunk for the products
+  std::atomic<bool> failed_{false};
+};
 
 }  // namespace
 
@@ -177,95 +288,48 @@ std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
   check_forward_args(x_in, h0_in, w_ih_in, w_hh_in, b_ih, b_hh);
   const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(),
                    w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(0);
-  check_blas_size(B * H, "B * H");
-
   // The sweep adds h_{t-1} w_hh^T into each step's slice of the projection and applies tanh.
   at::Tensor output = input_projection(x, w_ih, b_ih, b_hh);
-
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_forward_cpu", [&] {
-    scalar_t* out = output.data_ptr<scalar_t>();
-    const scalar_t* w = w_hh.const_data_ptr<scalar_t>();
-    const scalar_t* h_prev = h0.const_data_ptr<scalar_t>();
-    for (int64_t t = 0; t < T; ++t) {
-      forward_step(h_prev, w, out + t * B * H, B, H);
-      h_prev = out + t * B * H;
-    }
-  });
-  return {output, output[T - 1].clone()};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_forward_cpu",
+                             [&] { forward_sweep<scalar_t>(output, h0, w_hh); });
+  return {output, output[x.size(0) - 1].clone()};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cpu(
     const at::Tensor& grad_output_in, const at::Tensor& grad_h_n_in, const at::Tensor& x_in,
     const at::Tensor& h0_in, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
-    const at::Tensor& output_in) {
+    const at::Tensor& output_in, GradMask output_mask) {
   check_backward_args(grad_output_in, grad_h_n_in, x_in, h0_in, w_ih_in, w_hh_in, output_in);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const auto [want_dx, want_dh0, want_dw_ih, want_dw_hh, want_db] = output_mask;
+  if (!(want_dx || want_dh0 || want_dw_ih || want_dw_hh || want_db)) return {};
   const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(),
                    w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous(),
                    output = output_in.contiguous(), grad_h_n = grad_h_n_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), E = x.size(2), H = w_hh.size(0);
-  check_blas_size(B * H, "B * H");
-  check_blas_size(T * B, "T * B");  // the window products take all T * B rows at once
+  const auto opts = x.options();
 
-  // a_t = (g_t + a_{t+1} w_hh) * (1 - h_t^2), built in place over a copy of grad_output.
   // One allocation even when grad_output is an expanded view (the gradient of out.sum()).
   at::Tensor a = grad_output_in.clone(at::MemoryFormat::Contiguous);
-  at::Tensor dx = at::empty({T, B, E}, x.options()), dh0 = at::empty({B, H}, x.options());
-  at::Tensor dw_ih = at::zeros({H, E}, x.options()), dw_hh = at::zeros({H, H}, x.options());
-  at::Tensor db = at::zeros({H}, x.options());
+  at::Tensor dh0 = want_dh0 ? at::empty({B, H}, opts) : at::Tensor();
+  const WindowProducts products{a, x, h0, output, w_ih,
+                                want_dx ? at::empty({T, B, E}, opts) : at::Tensor(),
+                                want_dw_ih ? at::zeros({H, E}, opts) : at::Tensor(),
+                                want_dw_hh ? at::zeros({H, H}, opts) : at::Tensor(),
+                                want_db ? at::zeros({H}, opts) : at::Tensor()};
 
+  // Threads: up to half sweep (as many as a step is worth, see kSerialStepWork), the rest
+  // compute the products of finished chunks meanwhile. On one thread the products follow the
+  // sweep as whole-window GEMMs.
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const bool overlap = products.any() && threads > 1;
+  const int64_t most_sweeping = overlap ? std::max<int64_t>(1, threads / 2) : threads;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_backward_cpu", [&] {
-    scalar_t* a_ptr = a.data_ptr<scalar_t>();
-    const scalar_t* h = output.const_data_ptr<scalar_t>();
-    const scalar_t* w = w_hh.const_data_ptr<scalar_t>();
-    const int64_t step = B * H;
-    std::atomic<int64_t> lowest_done{T};  // a_t is final for every t >= lowest_done
-
-    auto sweep = [&] {
-      backward_step<scalar_t>(nullptr, grad_h_n.const_data_ptr<scalar_t>(), h + (T - 1) * step, w,
-                              a_ptr + (T - 1) * step, B, H);
-      lowest_done.store(T - 1, std::memory_order_release);
-      for (int64_t t = T - 2; t >= 0; --t) {
-        backward_step<scalar_t>(a_ptr + (t + 1) * step, nullptr, h + t * step, w, a_ptr + t * step,
-                                B, H);
-        lowest_done.store(t, std::memory_order_release);
-      }
-      blas_gemm("N", "N", H, B, H, w, H, a_ptr, H, scalar_t(0), dh0.data_ptr<scalar_t>(), H);
-    };
-    const WindowProducts<scalar_t> products{a_ptr, x.const_data_ptr<scalar_t>(),
-        h0.const_data_ptr<scalar_t>(), h, w_ih.const_data_ptr<scalar_t>(),
-        dx.data_ptr<scalar_t>(), dw_ih.data_ptr<scalar_t>(), dw_hh.data_ptr<scalar_t>(),
-        db.data_ptr<scalar_t>(), B, E, H};
-
-    if (at::get_num_threads() != 2 || at::in_parallel_region()) {
-      // Sweep (split across the pool), then the products as whole-window GEMMs, each
-      // using every thread.
-      sweep();
-      products(0, T);
-      return;
-    }
-    // Two threads: the sweep, whose steps are too small to use both cores well, runs on
-    // one; the other computes the window products of each chunk of steps as soon as the
-    // sweep has finished it, so the GEMMs hide behind the sweep.
-    const int64_t chunk = std::clamp<int64_t>((kProductChunkRows + B - 1) / B, 1, T);
-    const CallerFpMode fp_mode;
-    at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
-      const auto fp_scope = fp_mode.apply();
-      for (int64_t role = begin; role < end; ++role) {  // one thread: sweep first, then products
-        if (role == 0) {
-          sweep();
-          continue;
-        }
-        for (int64_t t1 = T; t1 > 0;) {
-          const int64_t t0 = std::max<int64_t>(0, t1 - chunk);
-          while (lowest_done.load(std::memory_order_acquire) > t0) std::this_thread::yield();
-          products(t0, t1);
-          t1 = t0;
-        }
-      }
-    });
+    BackwardSweep<scalar_t> sweep(a, grad_h_n, output, w_hh, dh0, products, most_sweeping);
+    sweep.run(overlap ? threads - sweep.sweep_members() : 0);
   });
-  return {dx, dh0, dw_ih, dw_hh, db};
+  if (products.any() && !overlap) products(0, T, 0, 1);
+  return {products.dx, dh0, products.dw_ih, products.dw_hh, products.db};
 }
 
 TORCH_LIBRARY_IMPL(charrnn, CPU, m) {

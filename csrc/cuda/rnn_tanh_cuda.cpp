@@ -90,9 +90,11 @@ std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n_in, const at::Tensor& x_in,
     const at::Tensor& h0_in, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
-    const at::Tensor& output_in) {
+    const at::Tensor& output_in, GradMask output_mask) {
   check_backward_args(grad_output, grad_h_n_in, x_in, h0_in, w_ih_in, w_hh_in, output_in);
   check_cuda(x_in);
+  const auto [want_dx, want_dh0, want_dw_ih, want_dw_hh, want_db] = output_mask;
+  if (!(want_dx || want_dh0 || want_dw_ih || want_dw_hh || want_db)) return {};
   const c10::cuda::CUDAGuard device_guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(),
                    w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous(),
@@ -105,16 +107,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
   a[T - 1].add_(grad_h_n_in);
   sweep(/*backward=*/true, a, output, at::Tensor(), w_hh);
 
-  // Every product that needs the finished a_t is one GEMM over the whole window.
+  // Every wanted product that needs the finished a_t is one GEMM over the whole window.
   const at::Tensor a2d = a.view({T * B, H});
-  at::Tensor dx = at::mm(a2d, w_ih).view({T, B, E});
-  at::Tensor dw_ih = at::mm(a2d.t(), x.view({T * B, E}));
-  // dw_hh = sum_t a_t^T h_{t-1}, with h_{-1} = h0
-  at::Tensor dw_hh = at::mm(a[0].t(), h0);
-  if (T > 1) dw_hh.addmm_(a.narrow(0, 1, T - 1).reshape({(T - 1) * B, H}).t(),
-                          output.narrow(0, 0, T - 1).reshape({(T - 1) * B, H}));
-  at::Tensor db = a2d.sum(0);
-  at::Tensor dh0 = at::mm(a[0], w_hh);
+  at::Tensor dx, dh0, dw_ih, dw_hh, db;
+  if (want_dx) dx = at::mm(a2d, w_ih).view({T, B, E});
+  if (want_dw_ih) dw_ih = at::mm(a2d.t(), x.view({T * B, E}));
+  if (want_dw_hh) {  // sum_t a_t^T h_{t-1}, with h_{-1} = h0
+    dw_hh = at::mm(a[0].t(), h0);
+    if (T > 1) dw_hh.addmm_(a.narrow(0, 1, T - 1).reshape({(T - 1) * B, H}).t(),
+                            output.narrow(0, 0, T - 1).reshape({(T - 1) * B, H}));
+  }
+  if (want_db) db = a2d.sum(0);
+  if (want_dh0) dh0 = at::mm(a[0], w_hh);
   return {dx, dh0, dw_ih, dw_hh, db};
 }
 

@@ -1,11 +1,17 @@
 // Forward and backward of one small case through the dispatcher (torch::ops charrnn::*),
-// against plain loops of docs/design.md's equations in double precision.
+// against plain loops of docs/design.md's equations in double precision; a backward that asks
+// for some gradients only; and the CPU variant in use, which ATEN_CPU_CAPABILITY may force.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <vector>
+
+#include "rnn_tanh.h"
 
 namespace {
 
@@ -44,9 +50,13 @@ int main() {
                  .findSchemaOrThrow("charrnn::rnn_tanh_backward", "")
                  .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
                      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                     const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+                     const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                     std::array<bool, 5>)>();
   auto [output, h_n] = fwd.call(x, h0, w_ih, w_hh, b_ih, b_hh);
-  auto [dx, dh0, dw_ih, dw_hh, db] = bwd.call(g_out, g_hn, x, h0, w_ih, w_hh, output);
+  auto [dx, dh0, dw_ih, dw_hh, db] = bwd.call(g_out, g_hn, x, h0, w_ih, w_hh, output, {true, true, true, true, true});
+  // Only dh0 and dw_hh: the others come back undefined.
+  auto [no_dx, some_dh0, no_dw_ih, some_dw_hh, no_db] =
+      bwd.call(g_out, g_hn, x, h0, w_ih, w_hh, output, {false, true, false, true, false});
 
   const Vec X = to_vec(x), H0 = to_vec(h0), Wi = to_vec(w_ih), Wh = to_vec(w_hh),
             Bi = to_vec(b_ih), Bh = to_vec(b_hh), G = to_vec(g_out), GN = to_vec(g_hn);
@@ -90,8 +100,13 @@ int main() {
       {"output", max_diff(output, want_out)}, {"h_n", max_diff(h_n, hs[T])},
       {"dx", max_diff(dx, want_dx)},          {"dh0", max_diff(dh0, dnext)},
       {"dw_ih", max_diff(dw_ih, want_dwi)},   {"dw_hh", max_diff(dw_hh, want_dwh)},
-      {"db", max_diff(db, want_db)}};
+      {"db", max_diff(db, want_db)},          {"masked dh0", max_diff(some_dh0, dnext)},
+      {"masked dw_hh", max_diff(some_dw_hh, want_dwh)}};
   int failures = 0;
+  if (no_dx.defined() || no_dw_ih.defined() || no_db.defined()) {
+    std::printf("masked-out gradients came back defined FAIL\n");
+    ++failures;
+  }
   for (const auto& c : checks) {
     const bool ok = c.err <= 1e-12;
     failures += !ok;
@@ -107,5 +122,11 @@ int main() {
     failures += !ok;
     std::printf("bad h0 shape: %s\n", ok ? "error names h0, ok" : "error does not name h0 FAIL");
   }
+  const std::string capability = charrnn::cpu_capability();
+  const char* forced = std::getenv("ATEN_CPU_CAPABILITY");
+  const bool capability_ok = !forced || capability == forced;
+  failures += !capability_ok;
+  std::printf("cpu capability %s%s%s %s\n", capability.c_str(), forced ? ", forced " : "",
+              forced ? forced : "", capability_ok ? "ok" : "FAIL");
   return failures == 0 ? 0 : 1;
 }
