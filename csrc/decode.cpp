@@ -104,7 +104,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_loop(
     double temperature, std::optional<int64_t> top_k,
     const std::optional<at::Generator>& generator, LayerForward layer) {
   const int64_t L = h0.size(0), B = h0.size(1), V = logits.size(1);
-  std::vector<at::Tensor> h(h0.unbind(0));
+  // The state stacked as FusedRNN returns it, each layer's step reading its slice.
+  at::Tensor state = h0;
   std::vector<std::optional<at::Tensor>> bias;
   for (int64_t l = 0; l < L; ++l) bias.push_back(summed_bias(model.b_ih.get(l), model.b_hh.get(l)));
 
@@ -116,11 +117,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_loop(
     const at::Tensor idx = next.unsqueeze(0);  // [1, B]: CharRNN's time-major window of one step
     at::Tensor x = model.embedding.has_value() ? at::embedding(*model.embedding, idx)
                                                : at::one_hot(idx, V).to(h0.scalar_type());
-    for (int64_t l = 0; l < L; ++l) std::tie(x, h[l]) = layer(x, h[l], model.w_ih[l], model.w_hh[l], bias[l], std::nullopt);
+    std::vector<at::Tensor> h_n;
+    for (int64_t l = 0; l < L; ++l) {
+      auto [output, h_last] = layer(x, state.select(0, l), model.w_ih[l], model.w_hh[l], bias[l], std::nullopt);
+      x = output;
+      h_n.push_back(h_last);
+    }
+    state = at::stack(h_n);
     current = at::linear(x, model.head_weight, model.head_bias).select(0, 0);
   }
   // New tensors, never views of the inputs (steps == 0 leaves both unchanged).
-  return {ids, at::stack(h), steps == 0 ? logits.clone() : current.contiguous()};
+  return {ids, steps == 0 ? h0.clone() : state, steps == 0 ? logits.clone() : current.contiguous()};
 }
 
 }  // namespace charrnn

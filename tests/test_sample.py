@@ -107,6 +107,7 @@ CASES = [
     (30, 9, 3, 4, torch.float64, 2),
     (65, 130, 2, 16, torch.float32, 8),
     (40, 33, 1, 0, torch.float64, 5),
+    (11, 9, 3, 4, torch.float32, 3),  # layer slices of the state off 64-byte boundaries
 ]
 DRAWS = [(0.0, None), (1.0, None), (0.7, 3), (1.6, 1), (1.0, 100)]
 

@@ -1,5 +1,5 @@
 // The CPU decode: the whole loop in one call, the products straight through BLAS on buffers
-// allocated once, the draw through ATen's softmax and multinomial.
+// allocated once, the draw through ATen's softmax and exponential noise.
 // Each product is the BLAS call that the Python loop's ops make for the same operands:
 // at::addmm's for the input projections and the head, the fused forward kernel's step
 // (cpu_common.h, split over the same columns) for the recurrence. So the floats, and the
@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <cstring>
 #include <limits>
@@ -37,9 +38,9 @@ scalar_t fill_bias(const scalar_t* bias, int64_t B, int64_t N, scalar_t* y) {
   return scalar_t(1);
 }
 
-// sample.pick's draw with its elementwise part in place: logits.float() / temperature and the
-// top-k mask are exact in any order, so they are done here into `scaled` [B, V] (float); the
-// softmax and the draw are ATen's, with the generator, as pick calls them.
+// sample.pick's draw: logits.float() / temperature and the top-k mask are exact in any order,
+// so they are done here into `scaled` [B, V] (float); the softmax and the exponential noise of
+// the draw are ATen's, with the generator, as pick's ops call them.
 template <typename scalar_t>
 at::Tensor draw(const at::Tensor& logits, at::Tensor& scaled, double temperature,
                 std::optional<int64_t> top_k, const std::optional<at::Generator>& generator,
@@ -60,7 +61,29 @@ at::Tensor draw(const at::Tensor& logits, at::Tensor& scaled, double temperature
         if (row[v] < kth) row[v] = -std::numeric_limits<float>::infinity();
     }
   }
-  return at::multinomial(at::softmax(scaled, -1), 1, /*replacement=*/false, generator).squeeze(1);
+  // at::multinomial(probs, 1) draws argmax(probs / q) with q ~ Exp(1) from the generator (its
+  // path for one sample). Drawn the same way here: its checks of probs (a dozen small ops,
+  // more than the draw costs at B = 1) reduce to the NaN check below for a softmax.
+  const at::Tensor probs = at::softmax(scaled, -1);
+  const at::Tensor q = at::empty_like(probs).exponential_(1, generator);
+  at::Tensor next = at::empty({B}, logits.options().dtype(at::kLong));
+  const float *p = probs.const_data_ptr<float>(), *e = q.const_data_ptr<float>();
+  int64_t* id = next.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t best = 0;
+    float best_ratio = p[b * V] / e[b * V];
+    for (int64_t v = 0; v < V; ++v) {
+      TORCH_CHECK(!std::isnan(p[b * V + v]), "charrnn: decode: probability tensor contains either "
+                  "`inf`, `nan` or element < 0 (the logits are not finite)");
+      const float ratio = p[b * V + v] / e[b * V + v];
+      if (ratio > best_ratio || (std::isnan(ratio) && !std::isnan(best_ratio))) {  // argmax's order
+        best = v;
+        best_ratio = ratio;
+      }
+    }
+    id[b] = best;
+  }
+  return next;
 }
 
 template <typename scalar_t>
@@ -72,38 +95,44 @@ struct Weights {
 };
 
 // Draws `steps` ids; `h` [L, B, H] and `logits` [B, V] hold the state and logits before the
-// first draw and after the last; `spare` is a buffer like `h`.
+// first draw and after the last. The buffers sit where the Python loop's tensors do relative to
+// 64-byte boundaries (MKL's rounding can depend on alignment): the input and each layer's
+// output in a tensor of its own, the state stacked in one [L, B, H] tensor.
 template <typename scalar_t>
-void decode(const Weights<scalar_t>& w, at::Tensor& h, at::Tensor& spare, at::Tensor& logits,
-            int64_t* ids, int64_t steps, double temperature, std::optional<int64_t> top_k,
+void decode(const Weights<scalar_t>& w, at::Tensor& h, at::Tensor& logits, int64_t* ids,
+            int64_t steps, double temperature, std::optional<int64_t> top_k,
             const std::optional<at::Generator>& generator) {
   const int64_t L = h.size(0), B = h.size(1), H = h.size(2), V = logits.size(1), E = w.E;
-  std::vector<scalar_t> input(B * E);
+  at::Tensor input_buffer = at::empty({B, E}, h.options());
+  std::vector<at::Tensor> outputs;
+  for (int64_t l = 0; l < L; ++l) outputs.push_back(at::empty({B, H}, h.options()));
   std::vector<float> row_copy;
   at::Tensor scaled = at::empty({B, V}, logits.options().dtype(at::kFloat));
+  scalar_t* input = input_buffer.data_ptr<scalar_t>();
+  scalar_t* state = h.data_ptr<scalar_t>();
   scalar_t* y = logits.data_ptr<scalar_t>();
   for (int64_t s = 0; s < steps; ++s) {
     const at::Tensor next = draw<scalar_t>(logits, scaled, temperature, top_k, generator, row_copy);
     const int64_t* id = next.const_data_ptr<int64_t>();
-    if (w.embedding == nullptr) std::fill(input.begin(), input.end(), scalar_t(0));
+    if (w.embedding == nullptr) std::fill(input, input + B * E, scalar_t(0));
     for (int64_t b = 0; b < B; ++b) {
       ids[b * steps + s] = id[b];
       if (w.embedding != nullptr)
-        std::memcpy(input.data() + b * E, w.embedding + id[b] * E, E * sizeof(scalar_t));
+        std::memcpy(input + b * E, w.embedding + id[b] * E, E * sizeof(scalar_t));
       else
         input[b * E + id[b]] = scalar_t(1);
     }
-    const scalar_t* x = input.data();
+    const scalar_t* x = input;
     int64_t in = E;
     for (int64_t l = 0; l < L; ++l) {
-      const scalar_t* h_prev = h.data_ptr<scalar_t>() + l * B * H;
-      scalar_t* h_t = spare.data_ptr<scalar_t>() + l * B * H;
+      scalar_t* h_t = outputs[l].data_ptr<scalar_t>();
       linear_into(x, B, in, w.w_ih[l], H, fill_bias(w.bias[l], B, H, h_t), h_t, H);
-      cpu::forward_step(h_prev, w.w_hh[l], h_t, B, H);
+      cpu::forward_step(state + l * B * H, w.w_hh[l], h_t, B, H);
       x = h_t;
       in = H;
     }
-    std::swap(h, spare);
+    for (int64_t l = 0; l < L; ++l)
+      std::memcpy(state + l * B * H, outputs[l].const_data_ptr<scalar_t>(), B * H * sizeof(scalar_t));
     linear_into(x, B, H, w.head_weight, V, fill_bias(w.head_bias, B, V, y), y, V);
   }
 }
@@ -127,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_decode_cpu(
   // b_ih + b_hh the same way), kept for the whole call.
   std::vector<at::Tensor> keep;
   auto dense = [&](const at::Tensor& t) { return keep.emplace_back(t.contiguous()); };
-  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous), spare = at::empty_like(h);
+  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor logits = logits_in.clone(at::MemoryFormat::Contiguous);
   at::Tensor ids = at::empty({B, steps}, h0.options().dtype(at::kLong));
 
@@ -143,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_decode_cpu(
     }
     w.head_weight = dense(head_weight_in).const_data_ptr<scalar_t>();
     w.head_bias = head_bias_in.has_value() ? dense(*head_bias_in).const_data_ptr<scalar_t>() : nullptr;
-    decode(w, h, spare, logits, ids.data_ptr<int64_t>(), steps, temperature, top_k, generator);
+    decode(w, h, logits, ids.data_ptr<int64_t>(), steps, temperature, top_k, generator);
   });
   return {ids, h, logits};
 }

@@ -43,8 +43,10 @@ int main() {
         logits, h0, model, steps, temperature, top_k, g2, &charrnn::rnn_tanh_forward_cpu);
     const bool ok = at::equal(ids, ids2) && at::equal(h_n, h_n2) && at::equal(logits_n, logits_n2);
     failures += !ok;
-    std::printf("temperature %.1f top_k %lld: %s\n", temperature,
-                static_cast<long long>(top_k.value_or(0)), ok ? "ok" : "FAIL");
+    std::printf("temperature %.1f top_k %lld: ids %s, h_n max diff %.3g, logits max diff %.3g: %s\n",
+                temperature, static_cast<long long>(top_k.value_or(0)), at::equal(ids, ids2) ? "equal" : "differ",
+                (h_n - h_n2).abs().max().item<double>(), (logits_n - logits_n2).abs().max().item<double>(),
+                ok ? "ok" : "FAIL");
   }
   return failures == 0 ? 0 : 1;
 }
