@@ -278,6 +278,8 @@ def test_decode_bad_arguments_name_the_argument():
     for a, error, message in cases:
         with pytest.raises(error, match=message):
             call(*a)
+    with pytest.raises(RuntimeError, match="not finite"):  # as multinomial refuses NaN probabilities
+        call(torch.full_like(logits, float("nan")), *args[1:])
     for kw, message in (({"steps": -1}, "steps must be >= 0"), ({"temperature": -0.5}, "temperature must be"),
                         ({"temperature": float("nan")}, "temperature must be"), ({"top_k": 0}, "top_k must be >= 1")):
         with pytest.raises(ValueError, match=message):
