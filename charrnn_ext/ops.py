@@ -77,3 +77,42 @@ def rnn_tanh(x, h0, w_ih, w_hh, b_ih=None, b_hh=None):
     Returns (output [T, B, H], h_n [B, H]); differentiable in all six tensors.
     """
     return RNNTanhFunction.apply(x, h0, w_ih, w_hh, b_ih, b_hh)
+
+
+# Generation: the fused decode loop (csrc/decode.h).
+
+_DECODE = torch.ops.charrnn.rnn_tanh_decode
+
+
+@torch.library.register_fake("charrnn::rnn_tanh_decode")
+def _decode_fake(logits, h0, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias, steps,
+                 temperature, top_k, generator):
+    tensors = [("logits", logits, 2), ("head_weight", head_weight, 2), ("head_bias", head_bias, 1),
+               ("embedding", embedding, 2)]
+    tensors += [(f"{name}[{l}]", t, dim) for name, ts, dim in (("w_ih", w_ih, 2), ("w_hh", w_hh, 2),
+                                                                ("b_ih", b_ih, 1), ("b_hh", b_hh, 1))
+                for l, t in enumerate(ts)]
+    if h0.dim() != 3:
+        raise ValueError(f"charrnn: decode's h0 must have shape [L, B, H], got {tuple(h0.shape)}")
+    for name, t, dim in tensors:
+        if t is not None and (t.device != h0.device or t.dtype != h0.dtype or t.dim() != dim):
+            raise ValueError(f"charrnn: decode's {name} must be a {dim}-d tensor of h0's device "
+                             f"{h0.device} and dtype {h0.dtype}, got {tuple(t.shape)} on {t.device}, {t.dtype}")
+    return (logits.new_empty((h0.shape[1], steps), dtype=torch.long), h0.new_empty(h0.shape),
+            logits.new_empty(logits.shape))
+
+
+def rnn_tanh_decode(logits, h0, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias, steps,
+                    temperature=1.0, top_k=None, generator=None):
+    """`steps` draws from a stack of L tanh layers with a linear head, in one call.
+
+    logits [B, V]: the logits of the first draw; h0 [L, B, H]: the state that produced them;
+    embedding [V, E] (None: one-hot input); w_ih, w_hh, b_ih, b_hh: lists of L tensors as in
+    torch.nn.RNN (biases may be None); head_weight [V, H], head_bias [V] or None. Each draw is
+    charrnn_ext.sample.pick's: argmax at temperature 0, else softmax(logits / temperature) over
+    the top_k most likely ids, drawn with `generator`. Returns (ids [B, steps] int64, h_n
+    [L, B, H], logits_n [B, V]): the drawn ids, and the state and logits after the last of them,
+    from which a next call continues the same text.
+    """
+    return _DECODE(logits, h0, embedding, list(w_ih), list(w_hh), list(b_ih), list(b_hh),
+                   head_weight, head_bias, steps, temperature, top_k, generator)

@@ -1,22 +1,35 @@
-"""Generation from a trained CharRNN: prime text, temperature, top-k, argmax, seed."""
+"""Generation from a trained CharRNN: prime text, temperature, top-k, argmax, seed.
+
+The rnn cell (FusedRNN) generates through one fused op call (ops.rnn_tanh_decode) that draws
+the same text as the Python loop for the same seed; the other cells run the Python loop."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from .data import Vocab
 from .errors import CharRNNError
 from .model import CharRNN, resolve_device
+from .nn import FusedRNN
+from .ops import rnn_tanh_decode
+
+# Streamed text comes in chunks that grow from FIRST_CHUNK characters (so that the first ones
+# show at once) to LAST_CHUNK (so that the op's per-call overhead stays negligible).
+FIRST_CHUNK, LAST_CHUNK = 16, 1024
 
 
 @torch.no_grad()
 def generate(model: CharRNN, vocab: Vocab, prime: str = "", length: int = 500,
              temperature: float = 1.0, top_k: int | None = None, num_samples: int = 1,
-             seed: int | None = None, stream=None) -> list[str]:
+             seed: int | None = None, stream=None, fused: bool | None = None) -> list[str]:
     """Return num_samples strings, each the prime followed by `length` generated characters.
 
     temperature 0 means argmax (deterministic). top_k keeps the k most likely characters.
-    With one sample and a stream (e.g. sys.stdout), characters are written as they come.
+    With a stream (e.g. sys.stdout), the first sample is written as it comes, in chunks.
+    fused: None uses the fused decode op where the model allows it (the rnn cell), False the
+    Python loop (the reference it equals), True requires the fused op.
     """
     if length < 0:
         raise CharRNNError("length must be >= 0")
@@ -31,6 +44,11 @@ def generate(model: CharRNN, vocab: Vocab, prime: str = "", length: int = 500,
         raise CharRNNError("prime text has characters not in the model's vocabulary: "
                          + ", ".join(repr(c) for c in missing))
     device = next(model.parameters()).device
+    can_fuse = fused_decode_available(model)
+    if fused and not can_fuse:
+        raise CharRNNError(f"the fused decode needs the rnn cell on a device with charrnn's kernels; "
+                         f"this model is {model.config.cell} on {device}")
+    steps = fused_steps if can_fuse and fused is not False else python_steps
     # A private generator: sampling reproduces from its seed whatever else used torch's RNG.
     gen = torch.Generator(device=device)
     if seed is None:
@@ -53,24 +71,77 @@ def generate(model: CharRNN, vocab: Vocab, prime: str = "", length: int = 500,
     logits, state = model(idx, None)  # the whole prime in one call
     logits = logits[:, -1]
 
-    live = stream is not None and num_samples == 1
-    if live:
+    if stream is not None:
         stream.write(shown_prime)
         stream.flush()
-    out = []
-    for _ in range(length):
-        nxt = pick(logits, temperature, top_k, gen)  # [N]
-        out.append(nxt)
-        if live:
-            stream.write(vocab.chars[int(nxt[0])])
+    pieces = [torch.empty(num_samples, 0, dtype=torch.long, device=device)]
+    for n in chunk_sizes(length, streaming=stream is not None):
+        ids, state, logits = steps(model, logits, state, n, temperature, top_k, gen)
+        pieces.append(ids)
+        if stream is not None:
+            stream.write(vocab.decode(ids[0].tolist()))
             stream.flush()
-        logits, state = model(nxt.unsqueeze(1), state)
-        logits = logits[:, -1]
-    if live:
+    if stream is not None:
         stream.write("\n")
         stream.flush()
-    gen_ids = torch.stack(out, 1).tolist() if out else [[] for _ in range(num_samples)]
-    return [shown_prime + vocab.decode(row) for row in gen_ids]
+    return [shown_prime + vocab.decode(row) for row in torch.cat(pieces, 1).tolist()]
+
+
+def chunk_sizes(length: int, streaming: bool):
+    """Steps per call: all at once, or (streaming) growing chunks."""
+    chunk = FIRST_CHUNK if streaming else length
+    while length > 0:
+        yield min(chunk, length)
+        length -= chunk
+        chunk = min(2 * chunk, LAST_CHUNK)
+
+
+def fused_decode_available(model: CharRNN) -> bool:
+    """Whether the fused decode op runs this model: FusedRNN layers on a device it has a kernel for."""
+    device = model.head.weight.device
+    return isinstance(model.rnn, FusedRNN) and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "charrnn::rnn_tanh_decode", "CUDA" if device.type == "cuda" else "CPU")
+
+
+def fused_steps(model: CharRNN, logits, state, n: int, temperature: float, top_k: int | None,
+                gen: torch.Generator):
+    """n draws through the fused op: (ids [N, n], state, logits after the last draw)."""
+    rnn = model.rnn
+    layers = range(rnn.num_layers)
+    weights = {name: [getattr(rnn, f"{name}_l{l}") if rnn.bias or name.startswith("weight") else None
+                      for l in layers] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    return rnn_tanh_decode(logits, state, None if model.embed is None else model.embed.weight,
+                           weights["weight_ih"], weights["weight_hh"], weights["bias_ih"], weights["bias_hh"],
+                           model.head.weight, model.head.bias, n, float(temperature), top_k, gen)
+
+
+def python_steps(model: CharRNN, logits, state, n: int, temperature: float, top_k: int | None,
+                 gen: torch.Generator):
+    """n draws, one model call per character: the reference the fused op equals."""
+    out = []
+    with _native_cpu_lstm(model):
+        for _ in range(n):
+            nxt = pick(logits, temperature, top_k, gen)  # [N]
+            out.append(nxt)
+            logits, state = model(nxt.unsqueeze(1), state)
+            logits = logits[:, -1]
+    return torch.stack(out, 1), state, logits
+
+
+@contextlib.contextmanager
+def _native_cpu_lstm(model: CharRNN):
+    """On the CPU, torch.nn.LSTM runs through oneDNN, which lays the weights out anew on every
+    call: at one character a call that costs ~20x the step itself. ATen's own LSTM kernel reads
+    them as they are."""
+    if not (isinstance(model.rnn, torch.nn.LSTM) and model.head.weight.device.type == "cpu"):
+        yield
+        return
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
 
 
 def pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> torch.Tensor:
@@ -89,4 +160,3 @@ def sample_checkpoint(path, device="cpu", stream=None, **kw) -> list[str]:
     from .checkpoint import load_checkpoint, model_from_checkpoint
     model, vocab = model_from_checkpoint(load_checkpoint(path), resolve_device(device))
     return generate(model, vocab, stream=stream, **kw)
-

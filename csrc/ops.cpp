@@ -96,6 +96,10 @@ TORCH_LIBRARY(charrnn, m) {
   m.def("rnn_tanh_backward(Tensor grad_output, Tensor grad_h_n, Tensor x, Tensor h0, Tensor w_ih,"
         " Tensor w_hh, Tensor output, bool[5] output_mask=[True, True, True, True, True])"
         " -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db)");
+  // Generation: decode.h
+  m.def("rnn_tanh_decode(Tensor logits, Tensor h0, Tensor? embedding, Tensor[] w_ih, Tensor[] w_hh,"
+        " Tensor?[] b_ih, Tensor?[] b_hh, Tensor head_weight, Tensor? head_bias, int steps,"
+        " float temperature, int? top_k, Generator? generator) -> (Tensor ids, Tensor h_n, Tensor logits_n)");
 }
 
 }  // namespace charrnn

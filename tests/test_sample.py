@@ -3,9 +3,13 @@ import io
 import pytest
 import torch
 
+from charrnn_ext import reference
+from charrnn_ext import sample as sample_mod
 from charrnn_ext.data import Vocab
 from charrnn_ext.model import CharRNN, ModelConfig
 from charrnn_ext.sample import generate, pick
+
+DECODE = torch.ops.charrnn.rnn_tanh_decode
 
 TEXT = "to be, or not to be: that is the question. 🙂\n"
 
@@ -72,3 +76,231 @@ def test_bad_arguments(model_vocab):
     for kw in ({"temperature": -1}, {"top_k": 0}, {"num_samples": 0}, {"length": -1}):
         with pytest.raises(ValueError):
             generate(m, v, **kw)
+
+
+# --------------------------------------------------------------------------- the fused decode
+
+devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def random_model(vocab, cell="rnn", hidden=11, layers=2, embedding=5, dtype=torch.float32, seed=0,
+                 device="cpu"):
+    """A random CharRNN with weights large enough that its distributions are far from uniform."""
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), cell=cell, hidden_size=hidden, num_layers=layers,
+                                embedding_size=embedding))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.5)
+    return model.to(device=device, dtype=dtype)
+
+
+def vocab_of(size):
+    return Vocab.from_text("".join(chr(ord("a") + i) if i < 26 else chr(0x3b1 + i - 26) for i in range(size)))
+
+
+# (vocabulary, hidden, layers, embedding (0: one-hot), dtype, samples): odd sizes, both inputs,
+# both dtypes, and column splits of the recurrent step over the thread pool (B * H * H >= 2^17).
+CASES = [
+    (2, 1, 1, 3, torch.float32, 1),
+    (7, 13, 2, 0, torch.float32, 3),
+    (30, 9, 3, 4, torch.float64, 2),
+    (65, 130, 2, 16, torch.float32, 8),
+    (40, 33, 1, 0, torch.float64, 5),
+    (11, 9, 3, 4, torch.float32, 3),  # layer slices of the state off 64-byte boundaries
+]
+DRAWS = [(0.0, None), (1.0, None), (0.7, 3), (1.6, 1), (1.0, 100)]
+
+
+@pytest.mark.parametrize("vocab_size, hidden, layers, embedding, dtype, samples", CASES)
+@pytest.mark.parametrize("device", devices)
+def test_fused_decode_draws_the_python_loops_text(vocab_size, hidden, layers, embedding, dtype, samples, device):
+    vocab = vocab_of(vocab_size)
+    model = random_model(vocab, hidden=hidden, layers=layers, embedding=embedding, dtype=dtype, device=device)
+    for temperature, top_k in DRAWS:
+        kw = dict(prime=vocab.chars[0], length=60, temperature=temperature, top_k=top_k,
+                  num_samples=samples, seed=11)
+        fused = generate(model, vocab, fused=True, **kw)
+        assert fused == generate(model, vocab, fused=False, **kw), (temperature, top_k)
+    assert len(set(fused)) > 1 or samples == 1 or vocab_size < 3
+
+
+@pytest.mark.parametrize("device", devices)
+def test_fused_decode_state_and_logits_are_the_python_loops_floats(device):
+    # The same floats, not only the same text: state and logits after the last draw.
+    vocab = vocab_of(65)
+    for model in (random_model(vocab, hidden=512, layers=2, embedding=64, device=device),  # the default model
+                  random_model(vocab, hidden=130, layers=2, embedding=0, device=device)):
+        for samples in (1, 8):
+            logits, state = model(torch.zeros(samples, 1, dtype=torch.long, device=device))
+            runs = []
+            for steps in (sample_mod.fused_steps, sample_mod.python_steps):
+                g = torch.Generator(device=device).manual_seed(3)
+                runs.append(steps(model, logits[:, -1], state, 40, 0.9, 20, g))
+            for fused, python in zip(*runs):
+                assert torch.equal(fused, python)
+
+
+def test_fused_decode_follows_the_float64_reference():
+    # The state after the drawn ids is the reference recurrence over them (teacher forcing).
+    vocab = vocab_of(12)
+    model = random_model(vocab, hidden=7, layers=2, embedding=3, dtype=torch.float64).requires_grad_(False)
+    logits, state = model(torch.tensor([[0, 1]]).expand(3, -1))
+    g = torch.Generator().manual_seed(1)
+    ids, h_n, logits_n = sample_mod.fused_steps(model, logits[:, -1], state, 25, 1.0, None, g)
+    x = model.embed.weight[ids.t()]  # [T, B, E]
+    h_ref = []
+    for layer in range(2):
+        w = [getattr(model.rnn, f"{n}_l{layer}").numpy() for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        x, h_last = map(torch.as_tensor, reference.rnn_tanh_forward(x, state[layer], *w))
+        h_ref.append(h_last)
+    torch.testing.assert_close(h_n, torch.stack(h_ref), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logits_n, model.head(x[-1]), rtol=1e-12, atol=1e-12)
+
+
+def test_streaming_comes_in_growing_chunks_and_matches_one_call():
+    vocab = vocab_of(20)
+    model = random_model(vocab, hidden=16)
+
+    class Writes(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.pieces = []
+
+        def write(self, s):
+            self.pieces.append(s)
+            return super().write(s)
+
+    for fused in (True, False):
+        buf = Writes()
+        streamed = generate(model, vocab, prime="ab", length=100, num_samples=3, seed=4, stream=buf, fused=fused)
+        assert buf.getvalue() == streamed[0] + "\n"
+        assert buf.pieces[:4] == ["ab", streamed[0][2:2 + sample_mod.FIRST_CHUNK],
+                                  streamed[0][2 + sample_mod.FIRST_CHUNK:2 + 3 * sample_mod.FIRST_CHUNK],
+                                  streamed[0][2 + 3 * sample_mod.FIRST_CHUNK:2 + 7 * sample_mod.FIRST_CHUNK]]
+        assert streamed == generate(model, vocab, prime="ab", length=100, num_samples=3, seed=4, fused=fused)
+
+
+def test_chunk_sizes():
+    assert list(sample_mod.chunk_sizes(0, True)) == []
+    assert list(sample_mod.chunk_sizes(5000, False)) == [5000]
+    sizes = list(sample_mod.chunk_sizes(5000, True))
+    assert sum(sizes) == 5000 and sizes[0] == sample_mod.FIRST_CHUNK and max(sizes) == sample_mod.LAST_CHUNK
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn-torch"])
+def test_other_cells_run_the_python_loop(cell):
+    vocab = vocab_of(9)
+    model = random_model(vocab, cell=cell, hidden=12)
+    assert not sample_mod.fused_decode_available(model)
+    with pytest.raises(ValueError, match="fused decode needs the rnn cell"):
+        generate(model, vocab, length=5, fused=True)
+    enabled = torch.backends.mkldnn.enabled
+    out = generate(model, vocab, prime="a", length=30, num_samples=2, seed=2)
+    assert torch.backends.mkldnn.enabled == enabled  # the oneDNN switch for lstm is put back
+    assert out == generate(model, vocab, prime="a", length=30, num_samples=2, seed=2)
+    assert all(len(s) == 31 for s in out)
+
+
+def test_lstm_steps_match_onednn_lstm():
+    # The Python loop's LSTM step without oneDNN computes the same model (to float rounding).
+    vocab = vocab_of(9)
+    model = random_model(vocab, cell="lstm", hidden=12).eval()
+    idx = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        want = model(idx)[0]
+        with sample_mod._native_cpu_lstm(model):
+            assert not torch.backends.mkldnn.enabled
+            got = model(idx)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def decode_args(dtype=torch.float32, device="cpu", samples=2, embedding=4, bias=True, seed=0):
+    vocab = vocab_of(6)
+    model = random_model(vocab, hidden=5, layers=2, embedding=embedding, dtype=dtype, seed=seed, device=device)
+    if not bias:
+        for layer in range(2):
+            for name in ("bias_ih", "bias_hh"):
+                setattr(model.rnn, f"{name}_l{layer}", None)
+    logits, state = model(torch.zeros(samples, 1, dtype=torch.long, device=device))
+    rnn = model.rnn
+    ws = [[getattr(rnn, f"{n}_l{l}") for l in range(2)] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    return [logits[:, -1].detach(), state.detach(), None if model.embed is None else model.embed.weight.detach(),
+            *[[None if w is None else w.detach() for w in ws_] for ws_ in ws],
+            model.head.weight.detach(), model.head.bias.detach()]
+
+
+@pytest.mark.parametrize("device", devices)
+def test_opcheck_decode(device):
+    for dtype, embedding, bias in ((torch.float32, 4, True), (torch.float64, 0, False)):
+        args = decode_args(dtype, device, embedding=embedding, bias=bias)
+        # Argmax draws nothing from a generator: every opcheck test, eager against traced.
+        result = torch.library.opcheck(DECODE, (*args, 7, 0.0, None, None))
+        assert set(result.values()) == {"SUCCESS"}, result
+        # A sampled run advances its generator, so two runs differ by design: schema and fake only.
+        g = torch.Generator(device=device).manual_seed(0)
+        result = torch.library.opcheck(DECODE, (*args, 7, 1.0, 2, g),
+                                       test_utils=("test_schema", "test_faketensor"))
+        assert set(result.values()) == {"SUCCESS"}, result
+
+
+def test_decode_continues_where_it_stopped():
+    args = decode_args()
+    g1, g2 = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
+    ids, h_n, logits_n = DECODE(*args, 30, 1.0, None, g1)
+    first, h_mid, logits_mid = DECODE(*args, 12, 1.0, None, g2)
+    rest = DECODE(args[0] * 0 + logits_mid, h_mid, *args[2:], 18, 1.0, None, g2)
+    assert torch.equal(ids, torch.cat([first, rest[0]], 1))
+    assert torch.equal(h_n, rest[1]) and torch.equal(logits_n, rest[2])
+    none = DECODE(*args, 0, 1.0, None, g1)
+    assert none[0].shape == (2, 0) and torch.equal(none[1], args[1]) and torch.equal(none[2], args[0])
+
+
+def test_decode_bad_arguments_name_the_argument():
+    args = decode_args()
+    logits, h0, emb, w_ih, w_hh, b_ih, b_hh, head_w, head_b = args
+
+    def call(*a, steps=3, temperature=1.0, top_k=None):
+        return DECODE(*a, steps, temperature, top_k, None)
+
+    cases = [
+        ((logits[:1], *args[1:]), ValueError, r"logits must have shape \[B, V\]"),
+        ((logits, h0[0], *args[2:]), ValueError, r"h0 must have shape \[L, B, H\]"),
+        ((logits, h0, emb[:, :3], *args[3:]), ValueError, r"w_ih\[0\] must have shape \[H, E\]"),
+        ((logits, h0, emb, w_ih[:1], *args[4:]), ValueError, "one w_ih, w_hh, b_ih and b_hh per layer"),
+        ((logits, h0, emb, w_ih, [w_hh[0], w_hh[1][:, :4]], *args[5:]), ValueError, r"w_hh\[1\]"),
+        ((logits, h0, emb, w_ih, w_hh, [b_ih[0], b_ih[1][:4]], b_hh, head_w, head_b), ValueError, r"b_ih\[1\]"),
+        ((*args[:7], head_w[:, :4], head_b), ValueError, r"head_weight must have shape \[V, H\]"),
+        ((*args[:8], head_b[:3]), ValueError, r"head_bias must have shape \[V\]"),
+        ((logits.double(), *args[1:]), TypeError, "logits must have the dtype of h0"),
+        ((logits, h0.long(), *args[2:]), TypeError, "h0 must be float32 or float64"),
+    ]
+    for a, error, message in cases:
+        with pytest.raises(error, match=message):
+            call(*a)
+    with pytest.raises(RuntimeError, match="not finite"):  # as multinomial refuses NaN probabilities
+        call(torch.full_like(logits, float("nan")), *args[1:])
+    for kw, message in (({"steps": -1}, "steps must be >= 0"), ({"temperature": -0.5}, "temperature must be"),
+                        ({"temperature": float("nan")}, "temperature must be"), ({"top_k": 0}, "top_k must be >= 1")):
+        with pytest.raises(ValueError, match=message):
+            call(*args, **kw)
+
+
+def test_cli_sample_streams_and_batches(tiny_config, capsys):
+    from charrnn_ext import cli
+    from charrnn_ext.train import Trainer
+    cfg = tiny_config()
+    Trainer(cfg).run()
+    base = ["sample", cfg.out, "--length", "40", "--seed", "3"]
+    assert cli.main(base + ["--num-samples", "3"]) == 0
+    batch = capsys.readouterr().out
+    assert batch.count("----- sample") == 3
+    assert cli.main(base + ["--num-samples", "3", "--stream"]) == 0
+    assert capsys.readouterr().out == batch  # the first sample streamed, the same text
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(base + ["--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert len(capsys.readouterr().out) == 41  # one sample streams: 40 characters and a newline

@@ -1,0 +1,125 @@
+"""Generation benchmark: characters per second of `generate()` on the default model size.
+
+    python bench/bench_sample.py                     # 2 x 512, embedding 64, vocabulary 65
+    python bench/bench_sample.py --samples 1,64 --rounds 3 --threads 1
+
+Contenders, all through charrnn_ext.sample.generate on random weights of the same size:
+  fused       the rnn cell through the fused decode op (one call for the whole text)
+  python      the rnn cell through the Python loop (one model call per character; the
+              reference that the fused op's text equals)
+  nn.RNN      the rnn-torch cell (torch.nn.RNN) through the Python loop
+  nn.LSTM     the lstm cell (torch.nn.LSTM) through the Python loop, without oneDNN
+  nn.LSTM+oneDNN  the same loop with torch's default CPU LSTM kernel (oneDNN), as before
+The contenders run interleaved, round by round, in this one process, so the machine's load
+falls on all of them alike; the table gives medians over the rounds and the fused op's ratio
+to each. Writes bench/results/sample-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+from charrnn_ext import sample  # noqa: E402
+from charrnn_ext.data import Vocab  # noqa: E402
+from charrnn_ext.model import CharRNN, ModelConfig  # noqa: E402
+from common import git_commit  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+# (name, cell, fused, oneDNN for the CPU LSTM)
+CONTENDERS = [("fused", "rnn", True, False), ("python", "rnn", False, False),
+              ("nn.RNN", "rnn-torch", False, False), ("nn.LSTM", "lstm", False, False),
+              ("nn.LSTM+oneDNN", "lstm", False, True)]
+
+
+def chars_per_s(model, vocab, samples, seconds, fused, onednn) -> float:
+    """Generates for about `seconds` (the length from a first short run) and returns chars/s."""
+    def run(length):
+        # oneDNN: the loop as it ran before it switched oneDNN off for the LSTM.
+        with (mock.patch.object(sample, "_native_cpu_lstm", lambda model: contextlib.nullcontext())
+              if onednn else contextlib.nullcontext()):
+            start = time.perf_counter()
+            sample.generate(model, vocab, length=length, num_samples=samples, seed=0, fused=fused)
+            return time.perf_counter() - start
+    probe = 8
+    length = max(probe, int(probe * seconds / max(run(probe), 1e-6)))
+    return samples * length / run(length)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", default="1,8,64", help="batch sizes (default: %(default)s)")
+    p.add_argument("--contenders", default=",".join(c[0] for c in CONTENDERS),
+                   help="comma-separated (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported (default: 5)")
+    p.add_argument("--seconds", type=float, default=1.0, help="target seconds per run (default: 1)")
+    p.add_argument("--hidden-size", type=int, default=512)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--embedding-size", type=int, default=64)
+    p.add_argument("--vocab-size", type=int, default=65)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default=None, help="result JSON (default: bench/results/sample-<date>.json)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.contenders.split(",")
+    unknown = set(names) - {c[0] for c in CONTENDERS}
+    if unknown:
+        p.error(f"unknown contenders {sorted(unknown)}")
+    contenders = [c for c in CONTENDERS if c[0] in names]
+    vocab = Vocab(["\n"] + [chr(32 + i) for i in range(args.vocab_size - 1)])
+    models = {}
+    for _, cell, _, _ in contenders:
+        torch.manual_seed(0)
+        models[cell] = CharRNN(ModelConfig(vocab_size=args.vocab_size, cell=cell, hidden_size=args.hidden_size,
+                                           num_layers=args.num_layers, embedding_size=args.embedding_size)).eval()
+    load_before = os.getloadavg()
+    rows = []
+    for samples in (int(s) for s in args.samples.split(",")):
+        runs = {name: [] for name, *_ in contenders}
+        for _ in range(args.rounds):
+            for name, cell, fused, onednn in contenders:
+                runs[name].append(chars_per_s(models[cell], vocab, samples, args.seconds, fused, onednn))
+        row = {"samples": samples, **{name: statistics.median(v) for name, v in runs.items()}, "runs": runs}
+        rows.append(row)
+        print(f"{samples} samples: " + ", ".join(f"{n} {row[n]:,.0f}" for n, *_ in contenders) + " chars/s",
+              file=sys.stderr)
+
+    print(f"\n{args.num_layers} x {args.hidden_size} tanh RNN (LSTM of the same size), embedding "
+          f"{args.embedding_size}, vocabulary {args.vocab_size}; {torch.get_num_threads()} threads; "
+          f"characters per second, median of {args.rounds} interleaved rounds\n")
+    print("| samples | " + " | ".join(n for n, *_ in contenders) + " | fused / python | fused / nn.RNN |")
+    print("|---:|" + "---:|" * (len(contenders) + 2))
+    for row in rows:
+        ratio = lambda other: f"{row['fused'] / row[other]:.1f}x" if "fused" in row and other in row else "-"  # noqa: E731
+        print(f"| {row['samples']} | " + " | ".join(f"{row[n]:,.0f}" for n, *_ in contenders)
+              + f" | {ratio('python')} | {ratio('nn.RNN')} |")
+
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()
+              or platform.machine(), "load_average": {"before": load_before, "after": os.getloadavg()},
+              "model": {"hidden_size": args.hidden_size, "num_layers": args.num_layers,
+                        "embedding_size": args.embedding_size, "vocab_size": args.vocab_size},
+              "rounds": args.rounds, "rows": rows}
+    out = Path(args.out) if args.out else HERE / "results" / f"sample-{datetime.date.today()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+// Fused generation from a CharRNN of tanh layers: embedding (or one-hot) -> L fused tanh layers
+// -> linear head -> temperature / top-k -> a draw, for `steps` steps and B samples in one call.
+// Shapes: B samples, V vocabulary, E embedding size (V for one-hot input), H hidden units,
+// L layers. Every step computes what CharRNN.forward and charrnn_ext.sample.pick compute, with
+// the same ATen ops and kernels in the same order, so the text equals the Python loop's for the
+// same generator state.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Optional.h>
+#include <tuple>
+
+namespace charrnn {
+
+// The model of a decode call, as its tensors come from CharRNN's parameters.
+struct DecodeModel {
+  const std::optional<at::Tensor>& embedding;    // [V, E], or None: one-hot input (E = V)
+  at::TensorList w_ih;                           // L x [H, E] (layer 0), [H, H] (layers 1..)
+  at::TensorList w_hh;                           // L x [H, H]
+  const c10::List<std::optional<at::Tensor>>& b_ih;  // L x [H] or None
+  const c10::List<std::optional<at::Tensor>>& b_hh;  // L x [H] or None
+  const at::Tensor& head_weight;                 // [V, H]
+  const std::optional<at::Tensor>& head_bias;    // [V] or None
+};
+
+// Returns (ids, h_n, logits_n).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_decode_cpu(
+    const at::Tensor& logits,                           // [B, V] logits of the first draw
+    const at::Tensor& h0,                               // [L, B, H] state after the prime
+    const std::optional<at::Tensor>& embedding,         // [V, E] or None
+    at::TensorList w_ih,                                // L x [H, E or H]
+    at::TensorList w_hh,                                // L x [H, H]
+    const c10::List<std::optional<at::Tensor>>& b_ih,   // L x [H] or None
+    const c10::List<std::optional<at::Tensor>>& b_hh,   // L x [H] or None
+    const at::Tensor& head_weight,                      // [V, H]
+    const std::optional<at::Tensor>& head_bias,         // [V] or None
+    int64_t steps,                                      // >= 0
+    double temperature,                                 // >= 0; 0: argmax
+    std::optional<int64_t> top_k,                       // >= 1 or None
+    std::optional<at::Generator> generator);            // None: the default generator
+// ids [B, steps] int64 (the drawn ids), h_n [L, B, H] (the state after the last id),
+// logits_n [B, V] (the logits after the last id: the next call's `logits`)
+
+// One tanh layer over a window, (x [T, B, E], h0, w_ih, w_hh, b_ih, b_hh) -> (output, h_n):
+// the device's rnn_tanh_forward kernel.
+using LayerForward = std::tuple<at::Tensor, at::Tensor> (*)(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
+
+// The decode loop on any device, each layer's step through `layer` with T = 1 (what FusedRNN
+// calls for a one-character window). Same arguments and results as rnn_tanh_decode_cpu.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_loop(
+    const at::Tensor& logits, const at::Tensor& h0, const DecodeModel& model, int64_t steps,
+    double temperature, std::optional<int64_t> top_k,
+    const std::optional<at::Generator>& generator, LayerForward layer);
+
+// Argument validation shared by every device's decode; throws c10::Error naming the argument,
+// its shape and what was expected.
+void check_decode_args(const at::Tensor& logits, const at::Tensor& h0, const DecodeModel& model,
+                       int64_t steps, double temperature, std::optional<int64_t> top_k);
+
+// b_ih + b_hh as FusedRNN's kernels add them (input_projection), to compute once per call;
+// either may be None.
+std::optional<at::Tensor> summed_bias(const std::optional<at::Tensor>& b_ih,   // [H] or None
+                                      const std::optional<at::Tensor>& b_hh);  // [H] or None
+
+// The next ids [B] from logits [B, V], as charrnn_ext.sample.pick draws them: argmax at
+// temperature 0, else softmax(logits.float() / temperature), top-k masked, through
+// at::multinomial with the generator. Any device.
+at::Tensor pick_next(const at::Tensor& logits, double temperature, std::optional<int64_t> top_k,
+                     const std::optional<at::Generator>& generator);
+
+}  // namespace charrnn
