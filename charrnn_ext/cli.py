@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -66,15 +67,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="continue from a checkpoint (a file, or a directory's last.pt; "
                         "without a value: --out's last.pt)")
 
+    from .sample import generate
+    gen = {k: v.default for k, v in inspect.signature(generate).parameters.items()}  # defaults live there
     s = sub.add_parser("sample", help="generate text from a checkpoint")
     s.add_argument("checkpoint", help="checkpoint file, or a run directory (best.pt, else last.pt)")
-    s.add_argument("--prime", default="", help="text to start from (default: a newline)")
-    s.add_argument("--length", type=int, default=500, help="characters to generate (default: 500)")
-    s.add_argument("--temperature", type=float, default=1.0,
-                   help="sampling temperature; 0 picks the most likely character (default: 1.0)")
-    s.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely characters")
-    s.add_argument("--num-samples", type=int, default=1,
-                   help="independent samples, generated together in one batch (default: 1)")
+    s.add_argument("--prime", default=gen["prime"], help="text to start from (default: a newline)")
+    s.add_argument("--length", type=int, default=gen["length"], help="characters to generate (default: %(default)s)")
+    s.add_argument("--temperature", type=float, default=gen["temperature"],
+                   help="sampling temperature; 0 picks the most likely character (default: %(default)s)")
+    s.add_argument("--top-k", type=int, default=gen["top_k"],
+                   help="sample only among the k most likely characters")
+    s.add_argument("--num-samples", type=int, default=gen["num_samples"],
+                   help="independent samples, generated together in one batch (default: %(default)s)")
     s.add_argument("--stream", action="store_true",
                    help="write the first sample as it is generated (always so with one sample)")
     s.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")

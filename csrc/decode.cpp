@@ -5,6 +5,8 @@
 #include <cmath>
 #include <vector>
 
+#include <ATen/core/dispatch/Dispatcher.h>
+
 #include "decode.h"
 
 namespace charrnn {
@@ -31,12 +33,6 @@ void check_sizes(const at::Tensor& t, const std::string& name, const char* shape
 std::string nth(const char* name, size_t l) { return std::string(name) + "[" + std::to_string(l) + "]"; }
 
 }  // namespace
-
-std::optional<at::Tensor> summed_bias(const std::optional<at::Tensor>& b_ih,
-                                      const std::optional<at::Tensor>& b_hh) {
-  if (b_ih.has_value() && b_hh.has_value()) return *b_ih + *b_hh;
-  return b_ih.has_value() ? b_ih : b_hh;
-}
 
 void check_decode_args(const at::Tensor& logits, const at::Tensor& h0, const DecodeModel& model,
                        int64_t steps, double temperature, std::optional<int64_t> top_k) {
@@ -99,15 +95,32 @@ at::Tensor pick_next(const at::Tensor& logits, double temperature, std::optional
   return at::multinomial(at::softmax(scaled, -1), 1, /*replacement=*/false, generator).squeeze(1);
 }
 
+namespace {
+
+// One layer's step as FusedRNN takes it: the registered window op over a window of one step,
+// through the dispatcher (the device's kernel), so the floats are the Python loop's.
+std::tuple<at::Tensor, at::Tensor> layer_forward(const at::Tensor& x, const at::Tensor& h0,
+                                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                                 const std::optional<at::Tensor>& b_ih,
+                                                 const std::optional<at::Tensor>& b_hh) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("charrnn::rnn_tanh_forward", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(
+                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const at::Tensor&, const std::optional<at::Tensor>&,
+                                 const std::optional<at::Tensor>&)>();
+  return op.call(x, h0, w_ih, w_hh, b_ih, b_hh);
+}
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_loop(
     const at::Tensor& logits, const at::Tensor& h0, const DecodeModel& model, int64_t steps,
     double temperature, std::optional<int64_t> top_k,
-    const std::optional<at::Generator>& generator, LayerForward layer) {
+    const std::optional<at::Generator>& generator) {
   const int64_t L = h0.size(0), B = h0.size(1), V = logits.size(1);
   // The state stacked as FusedRNN returns it, each layer's step reading its slice.
   at::Tensor state = h0;
-  std::vector<std::optional<at::Tensor>> bias;
-  for (int64_t l = 0; l < L; ++l) bias.push_back(summed_bias(model.b_ih.get(l), model.b_hh.get(l)));
 
   at::Tensor ids = at::empty({B, steps}, logits.options().dtype(at::kLong));
   at::Tensor current = logits;
@@ -119,7 +132,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_loop(
                                                : at::one_hot(idx, V).to(h0.scalar_type());
     std::vector<at::Tensor> h_n;
     for (int64_t l = 0; l < L; ++l) {
-      auto [output, h_last] = layer(x, state.select(0, l), model.w_ih[l], model.w_hh[l], bias[l], std::nullopt);
+      auto [output, h_last] = layer_forward(x, state.select(0, l), model.w_ih[l], model.w_hh[l],
+                                            model.b_ih.get(l), model.b_hh.get(l));
       x = output;
       h_n.push_back(h_last);
     }

@@ -43,18 +43,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_decode_cpu(
 // ids [B, steps] int64 (the drawn ids), h_n [L, B, H] (the state after the last id),
 // logits_n [B, V] (the logits after the last id: the next call's `logits`)
 
-// One tanh layer over a window, (x [T, B, E], h0, w_ih, w_hh, b_ih, b_hh) -> (output, h_n):
-// the device's rnn_tanh_forward kernel.
-using LayerForward = std::tuple<at::Tensor, at::Tensor> (*)(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
-
-// The decode loop on any device, each layer's step through `layer` with T = 1 (what FusedRNN
-// calls for a one-character window). Same arguments and results as rnn_tanh_decode_cpu.
+// The decode loop on any device, each layer's step the registered rnn_tanh_forward with T = 1
+// (what FusedRNN calls for a one-character window), the head at::linear, the draw pick_next.
+// Same arguments and results as rnn_tanh_decode_cpu.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_loop(
     const at::Tensor& logits, const at::Tensor& h0, const DecodeModel& model, int64_t steps,
     double temperature, std::optional<int64_t> top_k,
-    const std::optional<at::Generator>& generator, LayerForward layer);
+    const std::optional<at::Generator>& generator);
 
 // Argument validation shared by every device's decode; throws c10::Error naming the argument,
 // its shape and what was expected.
@@ -63,13 +58,4 @@ void check_decode_args(const at::Tensor& logits, const at::Tensor& h0, const Dec
 
 // b_ih + b_hh as FusedRNN's kernels add them (input_projection), to compute once per call;
 // either may be None.
-std::optional<at::Tensor> summed_bias(const std::optional<at::Tensor>& b_ih,   // [H] or None
-                                      const std::optional<at::Tensor>& b_hh);  // [H] or None
-
-// The next ids [B] from logits [B, V], as charrnn_ext.sample.pick draws them: argmax at
-// temperature 0, else softmax(logits.float() / temperature), top-k masked, through
-// at::multinomial with the generator. Any device.
-at::Tensor pick_next(const at::Tensor& logits, double temperature, std::optional<int64_t> top_k,
-                     const std::optional<at::Generator>& generator);
-
 }  // namespace charrnn

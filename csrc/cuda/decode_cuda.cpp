@@ -4,7 +4,6 @@
 // nothing returns to Python, but each step is still several launches; a persistent decode
 // kernel would remove them.
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -12,19 +11,6 @@
 
 namespace charrnn {
 namespace {
-
-std::tuple<at::Tensor, at::Tensor> layer_forward(const at::Tensor& x, const at::Tensor& h0,
-                                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                                 const std::optional<at::Tensor>& b_ih,
-                                                 const std::optional<at::Tensor>& b_hh) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("charrnn::rnn_tanh_forward", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(
-                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                 const at::Tensor&, const std::optional<at::Tensor>&,
-                                 const std::optional<at::Tensor>&)>();
-  return op.call(x, h0, w_ih, w_hh, b_ih, b_hh);
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_decode_cuda(
     const at::Tensor& logits, const at::Tensor& h0, const std::optional<at::Tensor>& embedding,
@@ -37,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_decode_cuda(
   TORCH_CHECK_VALUE(h0.is_cuda(), "charrnn: decode's h0 must be a CUDA tensor for the CUDA kernels, got ",
                     h0.device());
   const c10::cuda::CUDAGuard device_guard(h0.device());
-  return decode_loop(logits, h0, model, steps, temperature, top_k, generator, &layer_forward);
+  return decode_loop(logits, h0, model, steps, temperature, top_k, generator);
 }
 
 }  // namespace
