@@ -17,14 +17,6 @@ import torch
 from torch.utils import cpp_extension
 
 ROOT = Path(__file__).parent
-
-# The torch this build compiles against, for charrnn_ext/__init__.py to compare with the torch
-# that imports it before it loads _C: a _C built for another torch fails to load with an
-# undefined symbol, which says nothing of the cause. Generated on every build; not in git.
-(ROOT / "charrnn_ext" / "_build_config.py").write_text(
-    '"""Written by setup.py: the torch this build of charrnn_ext was compiled against."""\n'
-    f"TORCH_VERSION = {str(torch.__version__)!r}\n")
-
 # One list feeds this build and CMakeLists.txt.
 SOURCES = [s for s in (ROOT / "csrc" / "sources.txt").read_text().split() if s]
 # The CUDA kernels (.cu, through nvcc) and their ATen host code (.cpp, through the C++ compiler).
@@ -87,6 +79,13 @@ if cuda_home and CUDA_SOURCES:
 else:
     ext = cpp_extension.CppExtension("charrnn_ext._C", SOURCES, extra_compile_args={"cxx": cxx_flags},
                                      extra_link_args=["-fopenmp"])
+
+# The torch this build compiles against, for charrnn_ext/__init__.py to compare with the torch
+# that imports it before it loads _C: a _C built for another torch fails to load with an
+# undefined symbol, which says nothing of the cause. Generated on every build; not in git.
+(ROOT / "charrnn_ext" / "_build_config.py").write_text(
+    '"""Written by setup.py: the torch this build of charrnn_ext was compiled against."""\n'
+    f"TORCH_VERSION = {str(torch.__version__)!r}\n")
 
 setup(
     ext_modules=[ext],

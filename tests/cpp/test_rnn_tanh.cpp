@@ -1,5 +1,5 @@
 // Forward and backward of one small case through the dispatcher (torch::ops charrnn::*),
-// against plain loops of docs/design.md's equations in double precision.
+// against plain loops of DESIGN.md's equations in double precision.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
