@@ -92,7 +92,12 @@ at::Tensor pick_next(const at::Tensor& logits, double temperature, std::optional
     const at::Tensor kth = std::get<0>(at::topk(scaled, *top_k, -1)).slice(1, -1);
     scaled = scaled.masked_fill(scaled < kth, -INFINITY);
   }
-  return at::multinomial(at::softmax(scaled, -1), 1, /*replacement=*/false, generator).squeeze(1);
+  try {
+    return at::multinomial(at::softmax(scaled, -1), 1, /*replacement=*/false, generator).squeeze(1);
+  } catch (const c10::Error& e) {  // multinomial's own words, with the cause a user can act on
+    TORCH_CHECK(false, "charrnn: decode: the logits are not finite, so no character can be drawn (",
+                e.what_without_backtrace(), ")");
+  }
 }
 
 namespace {
@@ -118,6 +123,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_loop(
     const at::Tensor& logits, const at::Tensor& h0, const DecodeModel& model, int64_t steps,
     double temperature, std::optional<int64_t> top_k,
     const std::optional<at::Generator>& generator) {
+  // Generation is not differentiable: the steps below run beneath autograd, as under no_grad.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t L = h0.size(0), B = h0.size(1), V = logits.size(1);
   // The state stacked as FusedRNN returns it, each layer's step reading its slice.
   at::Tensor state = h0;

@@ -88,7 +88,7 @@ def random_model(vocab, cell="rnn", hidden=11, layers=2, embedding=5, dtype=torc
     """A random CharRNN with weights large enough that its distributions are far from uniform."""
     torch.manual_seed(seed)
     model = CharRNN(ModelConfig(vocab_size=len(vocab), cell=cell, hidden_size=hidden, num_layers=layers,
-                                embedding_size=embedding))
+                                embedding_size=embedding, dropout=0.0))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(2.5)
