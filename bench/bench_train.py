@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     report = {"benchmark": kind, "data": args.data or "tinyshakespeare", "date": stamp, "commit": git_commit(),
               "torch": str(torch.__version__), "machine": platform.machine(), "cpu_count": os.cpu_count(),
               "threads": args.threads or torch.get_num_threads(), "time_limit_s": args.time_limit,
-              "results": []}
+              "load_average_at_start": os.getloadavg(), "results": []}
 
     def config(cell):
         return TrainConfig(data=args.data, data_dir=args.data_dir, cell=cell, time_limit=args.time_limit,
