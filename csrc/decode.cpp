@@ -92,36 +92,43 @@ at::Tensor pick_next(const at::Tensor& logits, double temperature, std::optional
     const at::Tensor kth = std::get<0>(at::topk(scaled, *top_k, -1)).slice(1, -1);
     scaled = scaled.masked_fill(scaled < kth, -INFINITY);
   }
+  const at::Tensor probs = at::softmax(scaled, -1);
+  if (probs.is_cpu()) {
+    // at::multinomial's draw of one sample, the argmax of probs / q with q ~ Exp(1) from the
+    // generator, without its checks: five more ops and host reads, a third of a character's
+    // time on the CPU. Softmax leaves only non-finite logits to check, read here directly.
+    const at::Tensor p = probs.contiguous();
+    const float* data = p.const_data_ptr<float>();
+    for (int64_t i = 0; i < p.numel(); ++i)
+      TORCH_CHECK(std::isfinite(data[i]), "charrnn: decode: the logits are not finite, so "
+                        "no character can be drawn (probability ", data[i], " at index ", i, ")");
+    at::Tensor q = at::empty_like(p).exponential_(1, generator);
+    at::div_out(q, p, q);
+    return q.argmax(-1);
+  }
   try {
-    return at::multinomial(at::softmax(scaled, -1), 1, /*replacement=*/false, generator).squeeze(1);
+    return at::multinomial(probs, 1, /*replacement=*/false, generator).squeeze(1);
   } catch (const c10::Error& e) {  // multinomial's own words, with the cause a user can act on
     TORCH_CHECK(false, "charrnn: decode: the logits are not finite, so no character can be drawn (",
                 e.what_without_backtrace(), ")");
   }
 }
 
-namespace {
-
-// One layer's step as FusedRNN takes it: the registered window op over a window of one step,
-// through the dispatcher (the device's kernel), so the floats are the Python loop's.
-std::tuple<at::Tensor, at::Tensor> layer_forward(const at::Tensor& x, const at::Tensor& h0,
-                                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                                 const std::optional<at::Tensor>& b_ih,
-                                                 const std::optional<at::Tensor>& b_hh) {
+LayerStep dispatched_layer_step(const DecodeModel& model) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("charrnn::rnn_tanh_forward", "")
                              .typed<std::tuple<at::Tensor, at::Tensor>(
                                  const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                  const at::Tensor&, const std::optional<at::Tensor>&,
                                  const std::optional<at::Tensor>&)>();
-  return op.call(x, h0, w_ih, w_hh, b_ih, b_hh);
+  return [&model](int64_t l, const at::Tensor& x, const at::Tensor& h) {
+    return op.call(x, h, model.w_ih[l], model.w_hh[l], model.b_ih.get(l), model.b_hh.get(l));
+  };
 }
 
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_loop(
-    const at::Tensor& logits, const at::Tensor& h0, const DecodeModel& model, int64_t steps,
-    double temperature, std::optional<int64_t> top_k,
+    const at::Tensor& logits, const at::Tensor& h0, const DecodeModel& model,
+    const LayerStep& layer_step, int64_t steps, double temperature, std::optional<int64_t> top_k,
     const std::optional<at::Generator>& generator) {
   // Generation is not differentiable: the steps below run beneath autograd, as under no_grad.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -139,8 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_loop(
                                                : at::one_hot(idx, V).to(h0.scalar_type());
     std::vector<at::Tensor> h_n;
     for (int64_t l = 0; l < L; ++l) {
-      auto [output, h_last] = layer_forward(x, state.select(0, l), model.w_ih[l], model.w_hh[l],
-                                            model.b_ih.get(l), model.b_hh.get(l));
+      auto [output, h_last] = layer_step(l, x, state.select(0, l));
       x = output;
       h_n.push_back(h_last);
     }

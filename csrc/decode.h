@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
+#include <functional>
 #include <tuple>
 
 namespace charrnn {
@@ -43,19 +44,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_decode_cpu(
 // ids [B, steps] int64 (the drawn ids), h_n [L, B, H] (the state after the last id),
 // logits_n [B, V] (the logits after the last id: the next call's `logits`)
 
-// The decode loop on any device, each layer's step the registered rnn_tanh_forward with T = 1
-// (what FusedRNN calls for a one-character window), the head at::linear, the draw pick_next.
-// Same arguments and results as rnn_tanh_decode_cpu.
+// One layer's step: (x [1, B, E or H], h [B, H]) -> (output [1, B, H], h_n [B, H]), computing
+// what the registered rnn_tanh_forward computes for layer `layer` of the model with T = 1 (what
+// FusedRNN calls for a one-character window), float for float.
+using LayerStep = std::function<std::tuple<at::Tensor, at::Tensor>(
+    int64_t layer, const at::Tensor& x, const at::Tensor& h)>;
+
+// The step through the dispatcher: the device's registered rnn_tanh_forward.
+LayerStep dispatched_layer_step(const DecodeModel& model);
+
+// The decode loop on any device: each layer's step `layer_step`, the head at::linear, the draw
+// pick_next. Same arguments and results as rnn_tanh_decode_cpu.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_loop(
-    const at::Tensor& logits, const at::Tensor& h0, const DecodeModel& model, int64_t steps,
-    double temperature, std::optional<int64_t> top_k,
+    const at::Tensor& logits, const at::Tensor& h0, const DecodeModel& model,
+    const LayerStep& layer_step, int64_t steps, double temperature, std::optional<int64_t> top_k,
     const std::optional<at::Generator>& generator);
 
 // Argument validation shared by every device's decode; throws c10::Error naming the argument,
 // its shape and what was expected.
 void check_decode_args(const at::Tensor& logits, const at::Tensor& h0, const DecodeModel& model,
                        int64_t steps, double temperature, std::optional<int64_t> top_k);
-
-// b_ih + b_hh as FusedRNN's kernels add them (input_projection), to compute once per call;
-// either may be None.
 }  // namespace charrnn

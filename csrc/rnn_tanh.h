@@ -22,6 +22,24 @@ std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
     const std::optional<at::Tensor>& b_hh); // [H] or None
 // output [T, B, H] (h_1..h_T), h_n [B, H] (a copy of h_T, not a view)
 
+// A layer's weights as the CPU forward's kernels read them: what rnn_tanh_forward_cpu packs on
+// every call, packed once by a caller that runs many windows with the same weights (the decode).
+struct PackedLayer {
+  at::Tensor w_ih, w_hh;           // w_ih^T [E, H] and w_hh^T [H, H] in the step kernels' panels
+  std::optional<at::Tensor> bias;  // [H] b_ih + b_hh, or either alone, or None
+};
+PackedLayer pack_layer_cpu(const at::Tensor& w_ih,                   // [H, E]
+                           const at::Tensor& w_hh,                   // [H, H]
+                           const std::optional<at::Tensor>& b_ih,    // [H] or None
+                           const std::optional<at::Tensor>& b_hh);   // [H] or None
+
+// rnn_tanh_forward_cpu on checked arguments and a packed layer: the same kernels, so the same
+// floats. Returns (output, h_n).
+std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_packed_cpu(
+    const at::Tensor& x,          // [T, B, E] contiguous
+    const at::Tensor& h0,         // [B, H] contiguous
+    const PackedLayer& layer);
+
 // Returns (dx, dh0, dw_ih, dw_hh, db); db is the gradient of b_ih and of b_hh alike. Only the
 // gradients whose output_mask entry is true are computed; the others are undefined tensors
 // (None in Python), and the products that only they need are skipped.

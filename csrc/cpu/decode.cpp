@@ -1,10 +1,14 @@
 // The CPU decode: the shared loop (decode.cpp) in one call, nothing returning to Python between
-// characters; each layer's step is the CPU forward kernel for one character and each draw
-// ATen's, so the text is the Python loop's for the same generator.
+// characters; each layer's step is the CPU forward kernel for one character, on weights packed
+// once for the whole call instead of once per character, and each draw ATen's, so the text is
+// the Python loop's for the same generator.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "../decode.h"
+#include "../rnn_tanh.h"
 
 namespace charrnn {
 
@@ -16,7 +20,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_decode_cpu(
     std::optional<int64_t> top_k, std::optional<at::Generator> generator) {
   const DecodeModel model{embedding, w_ih, w_hh, b_ih, b_hh, head_weight, head_bias};
   check_decode_args(logits, h0, model, steps, temperature, top_k);
-  return decode_loop(logits, h0, model, steps, temperature, top_k, generator);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  std::vector<PackedLayer> layers;
+  for (size_t l = 0; l < w_hh.size(); ++l)
+    layers.push_back(pack_layer_cpu(w_ih[l], w_hh[l], b_ih.get(l), b_hh.get(l)));
+  const LayerStep layer_step = [&](int64_t l, const at::Tensor& x, const at::Tensor& h) {
+    return rnn_tanh_forward_packed_cpu(x.contiguous(), h.contiguous(), layers[l]);
+  };
+  return decode_loop(logits, h0, model, layer_step, steps, temperature, top_k, generator);
 }
 
 TORCH_LIBRARY_IMPL(charrnn, CPU, m) {

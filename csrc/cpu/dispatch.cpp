@@ -1,4 +1,4 @@
-// Picks the variant of the pointwise kernels for this CPU (see pointwise.h). ATen's choice,
+// Picks the variant of the step kernels for this CPU (see step_kernels.h). ATen's choice,
 // at::get_cpu_capability(), follows ATEN_CPU_CAPABILITY and the CPU's features; it is an upper
 // bound here, and on x86 the CPU's own features are checked too, so that forcing a capability
 // the CPU lacks falls back to one it has instead of stopping on an illegal instruction.
@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../rnn_tanh.h"
-#include "pointwise.h"
+#include "step_kernels.h"
 
 namespace charrnn::cpu {
 namespace {
@@ -63,11 +63,11 @@ const CpuKernels& kernels() {
 }
 
 template <>
-const PointwiseKernels<float>& pointwise<float>() {
+const StepKernels<float>& step_kernels<float>() {
   return kernels().f32;
 }
 template <>
-const PointwiseKernels<double>& pointwise<double>() {
+const StepKernels<double>& step_kernels<double>() {
   return kernels().f64;
 }
 

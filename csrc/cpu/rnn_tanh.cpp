@@ -1,11 +1,9 @@
-// CPU kernels of the fused tanh RNN. Every product goes through ATen's CPU GEMM (the BLAS torch
-// was built with: MKL, OpenBLAS, Accelerate, or ATen's own): the sweeps' small per-step ones
-// through at::cpu::addmm_out on views that move from step to step, the window-sized ones
-// through at:: ops. The pointwise parts are vectorised once per CPU capability (pointwise.h).
-// Design: docs/design.md.
+// CPU kernels of the fused tanh RNN. The sweeps' small per-step products run in the step kernels
+// (step_kernels.h: w_hh packed once per call, the pointwise part fused, vectorised once per CPU
+// capability); the window-sized products go through ATen's CPU GEMM (the BLAS torch was built
+// with: MKL, OpenBLAS, Accelerate, or ATen's own). Design: docs/design.md.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/addmm_cpu_dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -19,7 +17,7 @@
 #endif
 
 #include "../rnn_tanh.h"
-#include "pointwise.h"
+#include "step_kernels.h"
 
 namespace charrnn {
 namespace {
@@ -88,68 +86,71 @@ void publish(std::atomic<int64_t>& counter, int64_t value) {
   counter.notify_all();
 }
 
-// A [rows, cols] window, rows H apart, into a [.., H] buffer, moved from step to step. Making
-// a view costs about as much as a step's product at small B and H; moving one is a field write.
-class MovingView {
- public:
-  MovingView(const at::Tensor& base, int64_t rows, int64_t cols)
-      : view_(base.as_strided({rows, cols}, {base.size(-1), 1}, base.storage_offset())),
-        base_offset_(base.storage_offset()) {}
-  at::Tensor& at(int64_t offset) {
-    view_.unsafeGetTensorImpl()->set_storage_offset(base_offset_ + offset);
-    return view_;
-  }
-
- private:
-  at::Tensor view_;
-  int64_t base_offset_;
-};
-
-// One block of hidden units [j0, j0 + n) of every step of a sweep over seq [T, B, H]: the
-// step's product seq_t[:, j0:j0+n] += s_prev w, and the pointwise part on those columns.
+// A step's hidden units split into blocks of whole panels, one per thread: [p0, p1).
 struct StepBlock {
-  int64_t j0, n;
-  MovingView out;   // [B, n]: seq_t's columns of the block
-  MovingView prev;  // [B, H]: the state the step multiplies
-  at::Tensor w;     // [H, n]: w_hh^T's columns j0.. (forward) or w_hh's (backward)
-
-  void add_product(int64_t step_offset, const at::Tensor& s_prev) {
-    at::Tensor& o = out.at(step_offset + j0);
-    at::cpu::addmm_out(o, o, s_prev, w);
-  }
+  int64_t p0, p1;
 };
 
-// At most `most` blocks, each worth a thread (see kSerialStepWork), at least 8 units wide.
-std::vector<StepBlock> step_blocks(const at::Tensor& seq, const at::Tensor& w_hh, bool forward,
-                                   int64_t most) {
-  const int64_t B = seq.size(1), H = seq.size(2), work = B * H * H;
+// At most `most` blocks, each worth a thread (see kSerialStepWork).
+std::vector<StepBlock> step_blocks(int64_t B, int64_t H, int64_t panel, int64_t most) {
+  const int64_t panels = (H + panel - 1) / panel, work = B * H * H;
   const int64_t worth = work < kSerialStepWork ? 1 : work / kSerialStepWork;
-  const int64_t count = std::clamp<int64_t>(std::min(worth, H / 8), 1, std::max<int64_t>(1, most));
+  const int64_t count = std::clamp<int64_t>(std::min(worth, panels), 1, std::max<int64_t>(1, most));
   std::vector<StepBlock> blocks;
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t j0 = H * i / count, n = H * (i + 1) / count - j0;
-    blocks.push_back({j0, n, MovingView(seq, B, n), MovingView(seq, B, H),
-                      forward ? w_hh.narrow(0, j0, n).t() : w_hh.narrow(1, j0, n)});
-  }
+  for (int64_t i = 0; i < count; ++i) blocks.push_back({panels * i / count, panels * (i + 1) / count});
   return blocks;
+}
+
+// w [N, K] (w_ih, w_hh) as the step kernels read it: w^T [K, N] (the forward's x w_ih^T and
+// h_{t-1} w_hh^T) or w itself (the backward's a_{t+1} w_hh, N = K), packed into panels.
+template <typename scalar_t>
+at::Tensor packed(const at::Tensor& w, bool transposed) {
+  const auto& kernels = cpu::step_kernels<scalar_t>();
+  const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
+  const int64_t panels = (N + kernels.panel - 1) / kernels.panel;
+  at::Tensor out = at::empty({panels * K * kernels.panel}, w.options());
+  kernels.pack(w.const_data_ptr<scalar_t>(), transposed ? 1 : N, transposed ? K : 1, K, N,
+               out.data_ptr<scalar_t>());
+  return out;
+}
+
+// Rows of the input projection per task: enough to use a panel group's w from cache many times.
+constexpr int64_t kProjectionRows = 64;
+
+// output [T, B, H] = x w_ih^T + b_ih + b_hh, all T * B rows split among the threads.
+template <typename scalar_t>
+void project(at::Tensor& output, const at::Tensor& x, const PackedLayer& layer) {
+  const auto& kernels = cpu::step_kernels<scalar_t>();
+  const int64_t rows = x.size(0) * x.size(1), E = x.size(2), H = output.size(2);
+  const scalar_t* in = x.const_data_ptr<scalar_t>();
+  const scalar_t* w = layer.w_ih.const_data_ptr<scalar_t>();
+  const scalar_t* bias = layer.bias.has_value() ? layer.bias->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* out = output.data_ptr<scalar_t>();
+  const CallerFpMode fp_mode;
+  at::parallel_for(0, rows, kProjectionRows, [&](int64_t r0, int64_t r1) {
+    const auto fp_scope = fp_mode.apply();
+    for (int64_t r = r0; r < r1; r += kProjectionRows) {
+      const int64_t n = std::min(kProjectionRows, r1 - r);
+      kernels.project(out + r * H, in + r * E, bias, w, n, E, H, H);
+    }
+  });
 }
 
 // h_t = tanh(h_t + h_{t-1} w_hh^T) over output [T, B, H], which holds the input projection.
 template <typename scalar_t>
-void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& w_hh) {
+void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& packed) {
   const int64_t T = output.size(0), B = output.size(1), H = output.size(2), step = B * H;
-  const auto& pointwise = cpu::pointwise<scalar_t>();
-  std::vector<StepBlock> blocks = step_blocks(output, w_hh, /*forward=*/true, at::get_num_threads());
+  const auto& kernels = cpu::step_kernels<scalar_t>();
+  const std::vector<StepBlock> blocks = step_blocks(B, H, kernels.panel, at::get_num_threads());
   scalar_t* out = output.data_ptr<scalar_t>();
+  const scalar_t* w = packed.const_data_ptr<scalar_t>();
   const CallerFpMode fp_mode;
   for (int64_t t = 0; t < T; ++t) {
+    const scalar_t* prev = t == 0 ? h0.const_data_ptr<scalar_t>() : out + (t - 1) * step;
     at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t i0, int64_t i1) {
       const auto fp_scope = fp_mode.apply();
-      for (int64_t i = i0; i < i1; ++i) {
-        StepBlock& b = blocks[i];
-        b.add_product(t * step, t == 0 ? h0 : b.prev.at((t - 1) * step));
-        pointwise.tanh(out + t * step + b.j0, B, b.n, H);
-      }
+      for (int64_t i = i0; i < i1; ++i)
+        kernels.forward(out + t * step, prev, w, B, H, H, H, blocks[i].p0, blocks[i].p1);
     });
   }
 }
@@ -202,7 +203,8 @@ class BackwardSweep {
                 int64_t sweep_members)
       : a_(a), grad_h_n_(grad_h_n), output_(output), w_hh_(w_hh), dh0_(std::move(dh0)),
         products_(products), T_(a.size(0)), B_(a.size(1)), H_(a.size(2)),
-        blocks_(step_blocks(a, w_hh, /*forward=*/false, sweep_members)),
+        packed_(packed<scalar_t>(w_hh, /*transposed=*/false)),
+        blocks_(step_blocks(B_, H_, cpu::step_kernels<scalar_t>().panel, sweep_members)),
         chunk_(std::clamp<int64_t>((kProductChunkRows + B_ - 1) / B_, 1, T_)) {}
 
   int64_t sweep_members() const { return static_cast<int64_t>(blocks_.size()); }
@@ -232,21 +234,22 @@ class BackwardSweep {
 
  private:
   void sweep_member() {
-    const auto& pointwise = cpu::pointwise<scalar_t>();
+    const auto& kernels = cpu::step_kernels<scalar_t>();
     const int64_t nb = sweep_members(), step = B_ * H_;
     scalar_t* a = a_.data_ptr<scalar_t>();
     const scalar_t* h = output_.const_data_ptr<scalar_t>();
+    const scalar_t* w = packed_.const_data_ptr<scalar_t>();
     for (;;) {
       const int64_t ticket = tickets_.fetch_add(1, std::memory_order_relaxed);
       const int64_t k = ticket / nb, t = T_ - 1 - k;  // the k-th step of the sweep is t
       if (k >= T_) return;
       wait_until(steps_done_, k);
       if (failed_.load()) return;
-      StepBlock& b = blocks_[ticket % nb];
-      if (t + 1 < T_) b.add_product(t * step, b.prev.at((t + 1) * step));
-      pointwise.tanh_grad(a + t * step + b.j0,
-                          t + 1 < T_ ? nullptr : grad_h_n_.const_data_ptr<scalar_t>() + b.j0,
-                          h + t * step + b.j0, B_, b.n, H_);
+      const StepBlock& b = blocks_[ticket % nb];
+      const bool last = t + 1 == T_;
+      kernels.backward(a + t * step, last ? grad_h_n_.const_data_ptr<scalar_t>() : nullptr,
+                       h + t * step, last ? nullptr : a + (t + 1) * step, w, B_, H_, H_, H_, b.p0,
+                       b.p1);
       if (blocks_done_.fetch_add(1, std::memory_order_acq_rel) + 1 < (k + 1) * nb) continue;
       // This member finished step k, the last of its blocks.
       if (nb > 1) publish(steps_done_, k + 1);
@@ -271,7 +274,8 @@ class BackwardSweep {
   at::Tensor dh0_;
   const WindowProducts& products_;
   const int64_t T_, B_, H_;
-  std::vector<StepBlock> blocks_;
+  const at::Tensor packed_;
+  const std::vector<StepBlock> blocks_;
   const int64_t chunk_;  // steps per chunk of the products
   std::atomic<int64_t> tickets_{0}, blocks_done_{0};
   std::atomic<int64_t> steps_done_{0};   // the sweep's first steps_done_ steps are done
@@ -281,18 +285,39 @@ class BackwardSweep {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
-    const at::Tensor& x_in, const at::Tensor& h0_in, const at::Tensor& w_ih_in,
-    const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih,
-    const std::optional<at::Tensor>& b_hh) {
-  check_forward_args(x_in, h0_in, w_ih_in, w_hh_in, b_ih, b_hh);
-  const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(),
-                   w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+PackedLayer pack_layer_cpu(const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
+                           const std::optional<at::Tensor>& b_ih,
+                           const std::optional<at::Tensor>& b_hh) {
+  const at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  PackedLayer layer;
+  AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "pack_layer_cpu", [&] {
+    layer.w_ih = packed<scalar_t>(w_ih, /*transposed=*/true);
+    layer.w_hh = packed<scalar_t>(w_hh, /*transposed=*/true);
+  });
+  if (b_ih.has_value() && b_hh.has_value()) layer.bias = (*b_ih + *b_hh).contiguous();
+  else if (b_ih.has_value() || b_hh.has_value()) layer.bias = (b_ih.has_value() ? *b_ih : *b_hh).contiguous();
+  return layer;
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_packed_cpu(const at::Tensor& x,
+                                                               const at::Tensor& h0,
+                                                               const PackedLayer& layer) {
+  const int64_t T = x.size(0), B = x.size(1), H = h0.size(1);
+  at::Tensor output = at::empty({T, B, H}, x.options());
   // The sweep adds h_{t-1} w_hh^T into each step's slice of the projection and applies tanh.
-  at::Tensor output = input_projection(x, w_ih, b_ih, b_hh);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_forward_cpu",
-                             [&] { forward_sweep<scalar_t>(output, h0, w_hh); });
-  return {output, output[x.size(0) - 1].clone()};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_forward_cpu", [&] {
+    project<scalar_t>(output, x, layer);
+    forward_sweep<scalar_t>(output, h0, layer.w_hh);
+  });
+  return {output, output[T - 1].clone()};
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
+    const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
+  check_forward_args(x, h0, w_ih, w_hh, b_ih, b_hh);
+  return rnn_tanh_forward_packed_cpu(x.contiguous(), h0.contiguous(),
+                                     pack_layer_cpu(w_ih, w_hh, b_ih, b_hh));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cpu(

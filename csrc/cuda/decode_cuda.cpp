@@ -23,7 +23,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_decode_cuda(
   TORCH_CHECK_VALUE(h0.is_cuda(), "charrnn: decode's h0 must be a CUDA tensor for the CUDA kernels, got ",
                     h0.device());
   const c10::cuda::CUDAGuard device_guard(h0.device());
-  return decode_loop(logits, h0, model, steps, temperature, top_k, generator);
+  return decode_loop(logits, h0, model, dispatched_layer_step(model), steps, temperature, top_k,
+                     generator);
 }
 
 }  // namespace
