@@ -91,9 +91,11 @@ struct StepBlock {
   int64_t p0, p1;
 };
 
-// At most `most` blocks, each worth a thread (see kSerialStepWork).
-std::vector<StepBlock> step_blocks(int64_t B, int64_t H, int64_t panel, int64_t most) {
-  const int64_t panels = (H + panel - 1) / panel, work = B * H * H;
+// The blocks of a [B, K] x [K, H] product: at most `most`, each worth a thread (see
+// kSerialStepWork).
+std::vector<StepBlock> step_blocks(int64_t B, int64_t H, int64_t panel, int64_t most,
+                                   int64_t K) {
+  const int64_t panels = (H + panel - 1) / panel, work = B * K * H;
   const int64_t worth = work < kSerialStepWork ? 1 : work / kSerialStepWork;
   const int64_t count = std::clamp<int64_t>(std::min(worth, panels), 1, std::max<int64_t>(1, most));
   std::vector<StepBlock> blocks;
@@ -117,21 +119,29 @@ at::Tensor packed(const at::Tensor& w, bool transposed) {
 // Rows of the input projection per task: enough to use a panel group's w from cache many times.
 constexpr int64_t kProjectionRows = 64;
 
-// output [T, B, H] = x w_ih^T + b_ih + b_hh, all T * B rows split among the threads.
+// output [T, B, H] = x w_ih^T + b_ih + b_hh. Its T * B rows are split among the threads in
+// chunks, and the hidden units too when there are fewer chunks than threads (a generation
+// step has one row per sample).
 template <typename scalar_t>
 void project(at::Tensor& output, const at::Tensor& x, const PackedLayer& layer) {
   const auto& kernels = cpu::step_kernels<scalar_t>();
   const int64_t rows = x.size(0) * x.size(1), E = x.size(2), H = output.size(2);
+  const int64_t chunks = (rows + kProjectionRows - 1) / kProjectionRows;
+  const std::vector<StepBlock> blocks = step_blocks(
+      std::min(rows, kProjectionRows), H, kernels.panel,
+      at::in_parallel_region() ? 1 : at::get_num_threads() / chunks, E);
+  const int64_t nb = static_cast<int64_t>(blocks.size());
   const scalar_t* in = x.const_data_ptr<scalar_t>();
   const scalar_t* w = layer.w_ih.const_data_ptr<scalar_t>();
   const scalar_t* bias = layer.bias.has_value() ? layer.bias->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* out = output.data_ptr<scalar_t>();
   const CallerFpMode fp_mode;
-  at::parallel_for(0, rows, kProjectionRows, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, chunks * nb, 1, [&](int64_t i0, int64_t i1) {
     const auto fp_scope = fp_mode.apply();
-    for (int64_t r = r0; r < r1; r += kProjectionRows) {
-      const int64_t n = std::min(kProjectionRows, r1 - r);
-      kernels.project(out + r * H, in + r * E, bias, w, n, E, H, H);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t r = i / nb * kProjectionRows, n = std::min(kProjectionRows, rows - r);
+      const StepBlock& b = blocks[i % nb];
+      kernels.project(out + r * H, in + r * E, bias, w, n, E, H, H, b.p0, b.p1);
     }
   });
 }
@@ -141,7 +151,7 @@ template <typename scalar_t>
 void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& packed) {
   const int64_t T = output.size(0), B = output.size(1), H = output.size(2), step = B * H;
   const auto& kernels = cpu::step_kernels<scalar_t>();
-  const std::vector<StepBlock> blocks = step_blocks(B, H, kernels.panel, at::get_num_threads());
+  const std::vector<StepBlock> blocks = step_blocks(B, H, kernels.panel, at::get_num_threads(), H);
   scalar_t* out = output.data_ptr<scalar_t>();
   const scalar_t* w = packed.const_data_ptr<scalar_t>();
   const CallerFpMode fp_mode;
@@ -204,7 +214,7 @@ class BackwardSweep {
       : a_(a), grad_h_n_(grad_h_n), output_(output), w_hh_(w_hh), dh0_(std::move(dh0)),
         products_(products), T_(a.size(0)), B_(a.size(1)), H_(a.size(2)),
         packed_(packed<scalar_t>(w_hh, /*transposed=*/false)),
-        blocks_(step_blocks(B_, H_, cpu::step_kernels<scalar_t>().panel, sweep_members)),
+        blocks_(step_blocks(B_, H_, cpu::step_kernels<scalar_t>().panel, sweep_members, H_)),
         chunk_(std::clamp<int64_t>((kProductChunkRows + B_ - 1) / B_, 1, T_)) {}
 
   int64_t sweep_members() const { return static_cast<int64_t>(blocks_.size()); }

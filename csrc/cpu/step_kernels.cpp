@@ -141,9 +141,8 @@ void backward(scalar_t* a, const scalar_t* extra, const scalar_t* h, const scala
 
 template <typename scalar_t>
 void project(scalar_t* out, const scalar_t* x, const scalar_t* bias, const scalar_t* packed,
-             int64_t rows, int64_t K, int64_t N, int64_t ld) {
-  constexpr int64_t P = at::vec::Vectorized<scalar_t>::size();
-  step(x, packed, rows, K, N, K, 0, (N + P - 1) / P, BiasStep<scalar_t>{out, bias, ld});
+             int64_t rows, int64_t K, int64_t N, int64_t ld, int64_t p0, int64_t p1) {
+  step(x, packed, rows, K, N, K, p0, p1, BiasStep<scalar_t>{out, bias, ld});
 }
 
 template <typename scalar_t>

@@ -24,12 +24,12 @@ struct StepKernels {
   void (*pack)(const scalar_t* w, int64_t k_stride, int64_t j_stride, int64_t K, int64_t N,
                scalar_t* packed);  // [ceil(N / panel), K, panel]
 
-  // out = bias + x w, the forward's input projection (w = w_ih^T), all N columns
+  // out = bias + x w, the forward's input projection (w = w_ih^T)
   void (*project)(scalar_t* out,           // [rows, N] (row stride ld)
                   const scalar_t* x,       // [rows, K] (row stride K)
                   const scalar_t* bias,    // [N], or null
                   const scalar_t* packed,  // w [K, N], packed
-                  int64_t rows, int64_t K, int64_t N, int64_t ld);
+                  int64_t rows, int64_t K, int64_t N, int64_t ld, int64_t p0, int64_t p1);
 
   // out = tanh(out + prev w), the forward's step (w = w_hh^T)
   void (*forward)(scalar_t* out,           // [rows, N] in: x_t w_ih^T + b; out: h_t
