@@ -110,11 +110,12 @@ std::tuple<at::Tensor, at::Tensor> layer_forward(const at::Tensor& x, const at::
                                                  const std::optional<at::Tensor>& b_hh) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("charrnn::rnn_tanh_forward", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(
+                             .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                                  const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                  const at::Tensor&, const std::optional<at::Tensor>&,
-                                 const std::optional<at::Tensor>&)>();
-  return op.call(x, h0, w_ih, w_hh, b_ih, b_hh);
+                                 const std::optional<at::Tensor>&, double, int64_t)>();
+  auto [output, h_n, dropped] = op.call(x, h0, w_ih, w_hh, b_ih, b_hh, /*dropout=*/0.0, /*seed=*/0);
+  return {output, h_n};
 }
 
 }  // namespace

@@ -116,7 +116,7 @@ def test_opcheck(sweep_path):
         args = make_inputs(5, 3, 4, 13, dtype, "cuda", seed=2, requires_grad=False)
         assert set(torch.library.opcheck(FORWARD, tuple(args)).values()) == {"SUCCESS"}
         x, h0, w_ih, w_hh, _, _ = args
-        output, h_n = FORWARD(*args)
+        output, h_n, _ = FORWARD(*args)
         grads = (torch.randn_like(output), torch.randn_like(h_n))
         result = torch.library.opcheck(BACKWARD, (*grads, x, h0, w_ih, w_hh, output))
         assert set(result.values()) == {"SUCCESS"}

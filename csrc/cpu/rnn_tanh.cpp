@@ -19,6 +19,7 @@
 #endif
 
 #include "../rnn_tanh.h"
+#include "dropout.h"
 #include "pointwise.h"
 
 namespace charrnn {
@@ -134,11 +135,14 @@ std::vector<StepBlock> step_blocks(const at::Tensor& seq, const at::Tensor& w_hh
   return blocks;
 }
 
-// h_t = tanh(h_t + h_{t-1} w_hh^T) over output [T, B, H], which holds the input projection.
+// h_t = tanh(h_t + h_{t-1} w_hh^T) over output [T, B, H], which holds the input projection;
+// and, when `dropped` [T, B, H] is given, dropped_t = dropout(h_t) while h_t is in cache.
 template <typename scalar_t>
-void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& w_hh) {
+void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& w_hh,
+                   scalar_t* dropped, const DropoutMask& mask) {
   const int64_t T = output.size(0), B = output.size(1), H = output.size(2), step = B * H;
   const auto& pointwise = cpu::pointwise<scalar_t>();
+  const cpu::DropoutKernel<scalar_t> dropout = cpu::dropout_kernel<scalar_t>();
   std::vector<StepBlock> blocks = step_blocks(output, w_hh, /*forward=*/true, at::get_num_threads());
   scalar_t* out = output.data_ptr<scalar_t>();
   const CallerFpMode fp_mode;
@@ -149,6 +153,8 @@ void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& w
         StepBlock& b = blocks[i];
         b.add_product(t * step, t == 0 ? h0 : b.prev.at((t - 1) * step));
         pointwise.tanh(out + t * step + b.j0, B, b.n, H);
+        const int64_t first = t * step + b.j0;  // of the block's first element
+        if (dropped) dropout(dropped + first, out + first, B, b.n, H, first, mask);
       }
     });
   }
@@ -281,25 +287,30 @@ class BackwardSweep {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
     const at::Tensor& x_in, const at::Tensor& h0_in, const at::Tensor& w_ih_in,
     const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih,
-    const std::optional<at::Tensor>& b_hh) {
+    const std::optional<at::Tensor>& b_hh, double dropout, int64_t seed) {
   check_forward_args(x_in, h0_in, w_ih_in, w_hh_in, b_ih, b_hh);
+  check_dropout(dropout);
   const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(),
                    w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   // The sweep adds h_{t-1} w_hh^T into each step's slice of the projection and applies tanh.
   at::Tensor output = input_projection(x, w_ih, b_ih, b_hh);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_forward_cpu",
-                             [&] { forward_sweep<scalar_t>(output, h0, w_hh); });
-  return {output, output[x.size(0) - 1].clone()};
+  at::Tensor dropped = dropout > 0 ? at::empty_like(output) : at::empty({0}, output.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_forward_cpu", [&] {
+    forward_sweep<scalar_t>(output, h0, w_hh, dropout > 0 ? dropped.data_ptr<scalar_t>() : nullptr,
+                            make_dropout_mask(dropout, seed));
+  });
+  return {output, output[x.size(0) - 1].clone(), dropped};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cpu(
     const at::Tensor& grad_output_in, const at::Tensor& grad_h_n_in, const at::Tensor& x_in,
     const at::Tensor& h0_in, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
-    const at::Tensor& output_in, GradMask output_mask) {
+    const at::Tensor& output_in, GradMask output_mask, double dropout, int64_t seed) {
   check_backward_args(grad_output_in, grad_h_n_in, x_in, h0_in, w_ih_in, w_hh_in, output_in);
+  check_dropout(dropout);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto [want_dx, want_dh0, want_dw_ih, want_dw_hh, want_db] = output_mask;
   if (!(want_dx || want_dh0 || want_dw_ih || want_dw_hh || want_db)) return {};
@@ -309,8 +320,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
   const int64_t T = x.size(0), B = x.size(1), E = x.size(2), H = w_hh.size(0);
   const auto opts = x.options();
 
-  // One allocation even when grad_output is an expanded view (the gradient of out.sum()).
-  at::Tensor a = grad_output_in.clone(at::MemoryFormat::Contiguous);
+  // One allocation even when grad_output is an expanded view (the gradient of out.sum()). With
+  // dropout, g_t = dL/dh_t is the gradient of the dropped output through the mask, drawn again.
+  at::Tensor a = dropout > 0 ? cpu::dropout_cpu(grad_output_in, make_dropout_mask(dropout, seed))
+                             : grad_output_in.clone(at::MemoryFormat::Contiguous);
   at::Tensor dh0 = want_dh0 ? at::empty({B, H}, opts) : at::Tensor();
   const WindowProducts products{a, x, h0, output, w_ih,
                                 want_dx ? at::empty({T, B, E}, opts) : at::Tensor(),
