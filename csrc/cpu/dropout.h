@@ -3,12 +3,14 @@
 // kernels' (pointwise.h), so ATEN_CPU_CAPABILITY forces both alike.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <cstdint>
 
 #include "../dropout_mask.h"
 #include "pointwise.h"
+
+namespace at {
+class Tensor;  // no ATen header here: dropout_kernels.cpp, built with wider instructions, needs none
+}  // namespace at
 
 namespace charrnn::cpu {
 
