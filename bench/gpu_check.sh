@@ -82,7 +82,7 @@ limited 60 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_ops.py \
 skip_paths=()
 (( ${#hung[@]} )) && skip_paths=(--skip-paths "$(IFS=,; echo "${hung[*]}")") && echo "the benchmark leaves out: ${hung[*]}"
 # torch.compile on CUDA compiles Triton kernels for minutes; its tests run on the CPU in CI.
-limited 90 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_nn.py \
+limited 90 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_nn.py tests/test_dropout.py \
   -k "cuda and not compile" \
   --junitxml="$OUT/junit-ops-cuda.xml" || status=1
 

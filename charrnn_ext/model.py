@@ -53,7 +53,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 class ByteDropout(nn.Module):
-    """Dropout with p rounded to a multiple of 1/256, masks drawn as random bytes.
+    """Dropout with p rounded to a multiple of 1/256, masks drawn as random bytes (the cells
+    other than the fused rnn, whose dropout is inside its op).
 
     Why: on the CPU torch's dropout (bernoulli_) took 46 ms forward+backward on the
     [100, 64, 512] activations of the default model, a quarter of a training step; one random
@@ -90,8 +91,10 @@ class CharRNN(nn.Module):
         kw = {"nonlinearity": "tanh"} if c.cell in ("rnn", "rnn-torch") else {}
         # torch warns about (and ignores) inter-layer dropout on a single layer.
         inter = c.dropout if c.num_layers > 1 else 0.0
+        if c.cell == "rnn":  # every dropout inside the fused op, the head's input's too
+            kw["output_dropout"] = c.dropout
         self.rnn = cls(in_size, c.hidden_size, c.num_layers, dropout=inter, **kw)
-        self.drop = ByteDropout(c.dropout)
+        self.drop = nn.Identity() if c.cell == "rnn" else ByteDropout(c.dropout)
         self.head = nn.Linear(c.hidden_size, c.vocab_size)
 
     def forward(self, idx: torch.Tensor, state=None):

@@ -11,15 +11,28 @@ class FusedRNN(torch.nn.RNN):
     It subclasses nn.RNN, so the constructor, parameter names, shapes, initialisation and
     state dicts are nn.RNN's own; only forward differs: one fused call per layer per window.
     Bidirectional layers and PackedSequence input are not supported.
+
+    Dropout, in training mode, is drawn inside the fused op (see charrnn_ext.ops.rnn_tanh):
+    `dropout` on every layer's output but the last, as nn.RNN's; `output_dropout` (this class's
+    own, default 0) on the last layer's output, e.g. the dropout before a model's head. Both have
+    torch's expectation and scaling, but not torch's random stream; the seeds come from torch's
+    generator. h_n is never dropped.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, output_dropout=0.0, **kwargs):
         super().__init__(*args, **kwargs)
+        if isinstance(output_dropout, bool) or not 0.0 <= output_dropout <= 1.0:
+            raise ValueError(f"FusedRNN: output_dropout must be a number in [0, 1], got {output_dropout!r}")
+        self.output_dropout = float(output_dropout)
         if self.nonlinearity != "tanh":
             raise ValueError(f"FusedRNN supports nonlinearity='tanh' only, got {self.nonlinearity!r}")
         if self.bidirectional:
             raise NotImplementedError("FusedRNN does not support bidirectional=True; "
                                       "use torch.nn.RNN for bidirectional layers")
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + f", output_dropout={self.output_dropout}" if self.output_dropout else s
 
     def forward(self, input, hx=None):
         if isinstance(input, PackedSequence):
@@ -51,11 +64,10 @@ class FusedRNN(torch.nn.RNN):
         for layer in range(L):
             biases = ((getattr(self, f"bias_ih_l{layer}"), getattr(self, f"bias_hh_l{layer}"))
                       if self.bias else (None, None))
+            p = (self.dropout if layer < L - 1 else self.output_dropout) if self.training else 0.0
             output, h_last = rnn_tanh(layer_input, hx[layer], getattr(self, f"weight_ih_l{layer}"),
-                                      getattr(self, f"weight_hh_l{layer}"), *biases)
+                                      getattr(self, f"weight_hh_l{layer}"), *biases, dropout=p)
             h_n.append(h_last)
-            if layer < L - 1 and self.dropout > 0 and self.training:
-                output = torch.nn.functional.dropout(output, self.dropout, training=True)
             layer_input = output
         h_n = torch.stack(h_n)
 

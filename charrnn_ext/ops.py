@@ -15,68 +15,110 @@ def _check_like(x, name, t, shape):
         raise ValueError(f"charrnn: {name} must have shape {shape}, got {tuple(t.shape)}")
 
 
+def _check_dropout(p):
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"charrnn: dropout must be a probability in [0, 1], got {p}")
+
+
+def dropout_seed():
+    """The seed of one call's dropout mask: one draw from torch's default CPU generator, so that
+    torch.manual_seed, a checkpoint's RNG state and resumed runs reproduce the masks (on every
+    device; the masks themselves come from csrc/dropout_mask.h's generator, not torch's)."""
+    return int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64))
+
+
 @torch.library.register_fake("charrnn::rnn_tanh_forward")
-def _forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh):
+def _forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, dropout=0.0, seed=0):
     if x.dim() != 3:
         raise ValueError(f"charrnn: x must have shape [T, B, E], got {tuple(x.shape)}")
     for name, t, shape in (("h0", h0, "[B, H]"), ("w_ih", w_ih, "[H, E]"), ("w_hh", w_hh, "[H, H]"),
                            ("b_ih", b_ih, "[H]"), ("b_hh", b_hh, "[H]")):
         if t is not None:
             _check_like(x, name, t, shape)
+    _check_dropout(dropout)
     T, B, _ = x.shape
     H = w_hh.shape[0]
-    return x.new_empty((T, B, H)), x.new_empty((B, H))
+    return x.new_empty((T, B, H)), x.new_empty((B, H)), x.new_empty((T, B, H) if dropout > 0 else (0,))
 
 
 @torch.library.register_fake("charrnn::rnn_tanh_backward")
-def _backward_fake(grad_output, grad_h_n, x, h0, w_ih, w_hh, output, output_mask=(True,) * 5):
+def _backward_fake(grad_output, grad_h_n, x, h0, w_ih, w_hh, output, output_mask=(True,) * 5,
+                   dropout=0.0, seed=0):
     for name, t, shape in (("grad_output", grad_output, "[T, B, H]"), ("grad_h_n", grad_h_n, "[B, H]"),
                            ("h0", h0, "[B, H]"), ("w_ih", w_ih, "[H, E]"), ("w_hh", w_hh, "[H, H]"),
                            ("output", output, "[T, B, H]")):
         _check_like(x, name, t, shape)
+    _check_dropout(dropout)
     # The kernels return contiguous gradients whatever the inputs' strides, None where not asked.
     shapes = (x.shape, h0.shape, w_ih.shape, w_hh.shape, w_hh.shape[:1])
     return tuple(x.new_empty(shape) if wanted else None for shape, wanted in zip(shapes, output_mask))
 
 
 class RNNTanhFunction(torch.autograd.Function):
-    """(x, h0, w_ih, w_hh, b_ih, b_hh) -> (output, h_n) through the fused kernels.
+    """(x, h0, w_ih, w_hh, b_ih, b_hh, dropout, seed) -> (output, h_n) through the fused kernels.
 
     Shapes: x [T, B, E], h0 [B, H], w_ih [H, E], w_hh [H, H], b_ih/b_hh [H] or None;
-    output [T, B, H], h_n [B, H]. Once differentiable: the backward is itself a fused op
-    without a derivative. The backward computes only the gradients autograd asks for
-    (ctx.needs_input_grad), skipping the products that only the others need.
+    output [T, B, H], h_n [B, H]. With dropout p > 0, output is the layer's output after the
+    dropout mask of (p, seed) (csrc/dropout_mask.h); h_n is never dropped, as in nn.RNN. The
+    undropped sequence is saved for the backward, which draws the mask again: none is stored.
+    Once differentiable: the backward is itself a fused op without a derivative. The backward
+    computes only the gradients autograd asks for (ctx.needs_input_grad), skipping the products
+    that only the others need.
     """
 
     @staticmethod
-    def forward(x, h0, w_ih, w_hh, b_ih, b_hh):
-        return _FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
+    def forward(x, h0, w_ih, w_hh, b_ih, b_hh, dropout=0.0, seed=0):
+        output, h_n, dropped = _FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh, dropout, seed)
+        # The undropped sequence leaves as a third, non-differentiable output: setup_context
+        # saves it from there.
+        return (dropped, h_n, output) if dropout > 0 else (output, h_n, dropped)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, h0, w_ih, w_hh, b_ih, b_hh = inputs
-        ctx.save_for_backward(x, h0, w_ih, w_hh, output[0])
-        ctx.set_materialize_grads(True)
+        x, h0, w_ih, w_hh, b_ih, b_hh, dropout, seed = inputs
+        hidden = output[2] if dropout > 0 else output[0]
+        ctx.save_for_backward(x, h0, w_ih, w_hh, hidden)
+        ctx.dropout, ctx.seed = dropout, seed
+        ctx.mark_non_differentiable(output[2])
+        # Not materialized: the third output never gets a gradient, and zeros for it would
+        # cost a [T, B, H] allocation per call.
+        ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, grad_output, grad_h_n):
+    def backward(ctx, grad_output, grad_h_n, _):
         if torch.is_grad_enabled() and any(ctx.needs_input_grad):
             raise RuntimeError("charrnn: double backward (create_graph=True) through rnn_tanh is not "
                                "supported; use torch.nn.RNN where second derivatives are needed")
-        x, h0, w_ih, w_hh, output = ctx.saved_tensors
-        need_x, need_h0, need_w_ih, need_w_hh, need_b_ih, need_b_hh = ctx.needs_input_grad
-        dx, dh0, dw_ih, dw_hh, db = _BACKWARD(grad_output, grad_h_n, x, h0, w_ih, w_hh, output,
-                                              [need_x, need_h0, need_w_ih, need_w_hh, need_b_ih or need_b_hh])
-        return (dx, dh0, dw_ih, dw_hh, db if need_b_ih else None, db if need_b_hh else None)
+        x, h0, w_ih, w_hh, hidden = ctx.saved_tensors
+        if grad_output is None:  # expanded zeros: the kernels copy grad_output once anyway
+            grad_output = hidden.new_zeros(()).expand(hidden.shape)
+        if grad_h_n is None:
+            grad_h_n = h0.new_zeros(()).expand(h0.shape)
+        need_x, need_h0, need_w_ih, need_w_hh, need_b_ih, need_b_hh = ctx.needs_input_grad[:6]
+        dx, dh0, dw_ih, dw_hh, db = _BACKWARD(grad_output, grad_h_n, x, h0, w_ih, w_hh, hidden,
+                                              [need_x, need_h0, need_w_ih, need_w_hh, need_b_ih or need_b_hh],
+                                              ctx.dropout, ctx.seed)
+        return (dx, dh0, dw_ih, dw_hh, db if need_b_ih else None, db if need_b_hh else None, None, None)
 
 
-def rnn_tanh(x, h0, w_ih, w_hh, b_ih=None, b_hh=None):
+def rnn_tanh(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, dropout=0.0, seed=None):
     """One tanh-RNN layer over a whole window: h_t = tanh(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh).
 
     x [T, B, E] (time-major), h0 [B, H], w_ih [H, E], w_hh [H, H], b_ih/b_hh [H] or None.
     Returns (output [T, B, H], h_n [B, H]); differentiable in all six tensors.
+
+    dropout: p in [0, 1]; output is then dropout(h_1..h_T), drawn inside the kernels with the
+    same expectation and scaling as torch's dropout (kept elements times 1 / (1 - p)), but from
+    a counter-based generator (csrc/dropout_mask.h), not torch's random stream. seed: the mask's
+    seed; None draws one from torch's generator (dropout_seed()), so torch.manual_seed decides
+    the masks. h_n is h_T, undropped.
     """
-    return RNNTanhFunction.apply(x, h0, w_ih, w_hh, b_ih, b_hh)
+    _check_dropout(dropout)  # before a seed is drawn: a bad call leaves the RNG alone
+    if dropout > 0 and seed is None:
+        seed = dropout_seed()
+    output, h_n, _ = RNNTanhFunction.apply(x, h0, w_ih, w_hh, b_ih, b_hh, float(dropout),
+                                           0 if seed is None else seed)
+    return output, h_n
 
 
 # Generation: the fused decode loop (csrc/decode.h).

@@ -3,7 +3,8 @@
 Two oracles live here and depend on nothing but numpy:
 
 * the layer-level tanh RNN of docs/design.md (`rnn_tanh_forward` / `rnn_tanh_backward`),
-  written as the plainest possible per-step loops, against which the fused op is tested;
+  written as the plainest possible per-step loops, against which the fused op is tested, and
+  the mask of its fused dropout (`dropout_mask`);
 * karpathy's min-char-rnn (one-hot input, one tanh layer, softmax, window-summed
   cross-entropy, BPTT, elementwise clip to [-5, 5], Adagrad), against which the trainer
   is tested.
@@ -48,6 +49,21 @@ def rnn_tanh_backward(grad_output, grad_h_n, x, h0, w_ih, w_hh, output):
         dx[t] = a @ w_ih
         dnext = a @ w_hh
     return dx, dnext, dw_ih, dw_hh, db, db.copy()
+
+
+def dropout_mask(seed, p, shape):
+    """The fused op's dropout multipliers for a layer's output of `shape` ([T, B, H]): 1 / (1 - p)
+    where an element is kept, 0 where dropped (0 everywhere when p = 1). The generator of
+    csrc/dropout_mask.h written again in numpy: element e (row-major) has the draw
+    SplitMix64(seed)'s e-th output >> 32, and is kept iff draw >= round(p * 2^32)."""
+    e = np.arange(1, int(np.prod(shape)) + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as in C
+        z = np.uint64(seed % 2**64) + e * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    draw = (z ^ (z >> np.uint64(31))) >> np.uint64(32)
+    keep = draw >= np.uint64(int(p * 2**32 + 0.5))  # llround: half away from zero
+    return np.where(keep, 1.0 / (1.0 - p) if p < 1 else 0.0, 0.0).reshape(shape)
 
 
 # ---------------------------------------------------------------- min-char-rnn

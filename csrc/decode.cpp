@@ -117,12 +117,14 @@ at::Tensor pick_next(const at::Tensor& logits, double temperature, std::optional
 LayerStep dispatched_layer_step(const DecodeModel& model) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("charrnn::rnn_tanh_forward", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(
+                             .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                                  const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                  const at::Tensor&, const std::optional<at::Tensor>&,
-                                 const std::optional<at::Tensor>&)>();
+                                 const std::optional<at::Tensor>&, double, int64_t)>();
   return [&model](int64_t l, const at::Tensor& x, const at::Tensor& h) {
-    return op.call(x, h, model.w_ih[l], model.w_hh[l], model.b_ih.get(l), model.b_hh.get(l));
+    auto [output, h_n, dropped] = op.call(x, h, model.w_ih[l], model.w_hh[l], model.b_ih.get(l),
+                                          model.b_hh.get(l), /*dropout=*/0.0, /*seed=*/0);
+    return std::tuple<at::Tensor, at::Tensor>{output, h_n};
   };
 }
 

@@ -71,6 +71,11 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& grad_h
   check_size(grad_h_n, "grad_h_n", 1, H, "[B, H]");
 }
 
+void check_dropout(double dropout) {
+  TORCH_CHECK_VALUE(dropout >= 0.0 && dropout <= 1.0,
+                    "charrnn: dropout must be a probability in [0, 1], got ", dropout);
+}
+
 at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih,
                             const std::optional<at::Tensor>& b_ih,
                             const std::optional<at::Tensor>& b_hh) {
@@ -90,12 +95,15 @@ at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih,
 }
 
 TORCH_LIBRARY(charrnn, m) {
-  m.def("rnn_tanh_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh)"
-        " -> (Tensor output, Tensor h_n)");
+  // dropout, seed: the mask of dropout_mask.h on the layer's output; dropped is the output after
+  // it ([0] when dropout is 0), output the undropped h_1..h_T (rnn_tanh.h).
+  m.def("rnn_tanh_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh,"
+        " float dropout=0.0, int seed=0) -> (Tensor output, Tensor h_n, Tensor dropped)");
   // output_mask: which of (dx, dh0, dw_ih, dw_hh, db) to compute; the others come back as None.
+  // dropout, seed: the forward's; grad_output is then the gradient of dropped.
   m.def("rnn_tanh_backward(Tensor grad_output, Tensor grad_h_n, Tensor x, Tensor h0, Tensor w_ih,"
-        " Tensor w_hh, Tensor output, bool[5] output_mask=[True, True, True, True, True])"
-        " -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db)");
+        " Tensor w_hh, Tensor output, bool[5] output_mask=[True, True, True, True, True],"
+        " float dropout=0.0, int seed=0) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db)");
   // Generation: decode.h
   m.def("rnn_tanh_decode(Tensor logits, Tensor h0, Tensor? embedding, Tensor[] w_ih, Tensor[] w_hh,"
         " Tensor?[] b_ih, Tensor?[] b_hh, Tensor head_weight, Tensor? head_bias, int steps,"

@@ -12,15 +12,20 @@
 
 namespace charrnn {
 
-// Returns (output, h_n).
-std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
+// Returns (output, h_n, dropped). With dropout p > 0, dropped is the output after dropout
+// (dropout_mask.h's mask of (p, seed), applied as each step is computed), which the next layer
+// takes; output stays undropped, for the recurrence and the backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
     const at::Tensor& x,                    // [T, B, E]
     const at::Tensor& h0,                   // [B, H]
     const at::Tensor& w_ih,                 // [H, E]
     const at::Tensor& w_hh,                 // [H, H]
     const std::optional<at::Tensor>& b_ih,  // [H] or None
-    const std::optional<at::Tensor>& b_hh); // [H] or None
-// output [T, B, H] (h_1..h_T), h_n [B, H] (a copy of h_T, not a view)
+    const std::optional<at::Tensor>& b_hh,  // [H] or None
+    double dropout,                         // p in [0, 1]
+    int64_t seed);                          // the mask's seed (any value)
+// output [T, B, H] (h_1..h_T), h_n [B, H] (a copy of h_T, not a view), dropped [T, B, H]
+// (p > 0) or [0] (p = 0: output is the layer's output, and nothing is dropped or copied)
 
 // A layer's weights as the CPU forward's kernels read them: what rnn_tanh_forward_cpu packs on
 // every call, packed once by a caller that runs many windows with the same weights (the decode).
@@ -34,25 +39,30 @@ PackedLayer pack_layer_cpu(const at::Tensor& w_ih,                   // [H, E]
                            const std::optional<at::Tensor>& b_hh);   // [H] or None
 
 // rnn_tanh_forward_cpu on checked arguments and a packed layer: the same kernels, so the same
-// floats. Returns (output, h_n).
-std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_packed_cpu(
+// floats. Returns (output, h_n, dropped).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_packed_cpu(
     const at::Tensor& x,          // [T, B, E] contiguous
     const at::Tensor& h0,         // [B, H] contiguous
-    const PackedLayer& layer);
+    const PackedLayer& layer,
+    double dropout, int64_t seed);  // as rnn_tanh_forward_cpu's
 
 // Returns (dx, dh0, dw_ih, dw_hh, db); db is the gradient of b_ih and of b_hh alike. Only the
 // gradients whose output_mask entry is true are computed; the others are undefined tensors
-// (None in Python), and the products that only they need are skipped.
+// (None in Python), and the products that only they need are skipped. With dropout p > 0,
+// grad_output is the gradient of the forward's `dropped`, and the mask of (p, seed) is drawn
+// again, the one the forward drew, instead of being stored.
 using GradMask = std::array<bool, 5>;  // dx, dh0, dw_ih, dw_hh, db
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cpu(
-    const at::Tensor& grad_output,  // [T, B, H]  dL/dh_t through output
+    const at::Tensor& grad_output,  // [T, B, H]  dL/dh_t through output (p > 0: through dropped)
     const at::Tensor& grad_h_n,     // [B, H]     dL/dh_T through h_n
     const at::Tensor& x,            // [T, B, E]  forward input
     const at::Tensor& h0,           // [B, H]     forward initial state
     const at::Tensor& w_ih,         // [H, E]
     const at::Tensor& w_hh,         // [H, H]
-    const at::Tensor& output,       // [T, B, H]  forward output
-    GradMask output_mask);
+    const at::Tensor& output,       // [T, B, H]  forward output (undropped)
+    GradMask output_mask,
+    double dropout,                 // the forward's p
+    int64_t seed);                  // the forward's seed
 // dx [T, B, E], dh0 [B, H], dw_ih [H, E], dw_hh [H, H], db [H]
 
 // The CPU kernels' vectorised code in use ("default", "avx2", "avx512", "sve256": the names of
@@ -72,6 +82,7 @@ at::Tensor input_projection(const at::Tensor& x,                     // [T, B, E
 void check_forward_args(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
                         const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                         const std::optional<at::Tensor>& b_hh);
+void check_dropout(double dropout);  // p in [0, 1]
 void check_backward_args(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                          const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
                          const at::Tensor& w_hh, const at::Tensor& output);

@@ -55,14 +55,34 @@ def _no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def forward_backward(inputs, seed=3):
-    out, h_n = rnn_tanh(*inputs)
+def forward_backward(inputs, seed=3, dropout=(0.0, 0)):
+    """Output, h_n and every gradient; dropout: (p, the mask's seed)."""
+    out, h_n = rnn_tanh(*inputs, dropout=dropout[0], seed=dropout[1])
     g = torch.Generator().manual_seed(seed)
     grad_out = torch.randn(out.shape, generator=g, dtype=out.dtype).to(out.device)
     grad_h_n = torch.randn(h_n.shape, generator=g, dtype=out.dtype).to(out.device)
     present = [t for t in inputs if t is not None]
     grads = torch.autograd.grad((out, h_n), present, (grad_out, grad_h_n))
     return [out, h_n, *grads]
+
+
+@pytest.mark.parametrize("sweep_path", PATHS, indirect=True)
+@pytest.mark.parametrize("shape", SHAPES[1:7], ids=shape_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_dropout_matches_cpu_op(sweep_path, shape, dtype):
+    """Each path writes the dropout in its epilogue (the per-step path: one pass after the
+    sweep) and the backward draws the mask again: the CPU's mask (one header, dropout_mask.h),
+    element for element, and the CPU op's outputs and gradients."""
+    skip_unless_runs(sweep_path, shape[1], shape[3], dtype)
+    cpu = make_inputs(*shape, torch.float64, "cpu", seed=1)
+    gpu = make_inputs(*shape, dtype, "cuda", seed=1)
+    dropped = [FORWARD(*(t.detach() for t in inputs), 0.3, 77)[2] for inputs in (gpu, cpu)]
+    assert torch.equal(dropped[0].cpu() != 0, dropped[1] != 0)
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    names = ["output", "h_n", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh"]
+    for name, got, want in zip(names, forward_backward(gpu, dropout=(0.3, 77)), forward_backward(cpu, dropout=(0.3, 77))):
+        err = (got.cpu().double() - want).abs().max().item()
+        assert err <= tol * max(1.0, want.abs().max().item()), f"{name}: max abs error {err:.3e} against the CPU op"
 
 
 @pytest.mark.parametrize("sweep_path", PATHS, indirect=True)
@@ -116,7 +136,7 @@ def test_opcheck(sweep_path):
         args = make_inputs(5, 3, 4, 13, dtype, "cuda", seed=2, requires_grad=False)
         assert set(torch.library.opcheck(FORWARD, tuple(args)).values()) == {"SUCCESS"}
         x, h0, w_ih, w_hh, _, _ = args
-        output, h_n = FORWARD(*args)
+        output, h_n, _ = FORWARD(*args)
         grads = (torch.randn_like(output), torch.randn_like(h_n))
         result = torch.library.opcheck(BACKWARD, (*grads, x, h0, w_ih, w_hh, output))
         assert set(result.values()) == {"SUCCESS"}

@@ -92,3 +92,23 @@ def test_byte_dropout_keeps_expectation_and_is_seeded():
     torch.manual_seed(1)
     assert torch.equal(d(x), y)
     assert torch.equal(d.eval()(x), x) and torch.equal(ByteDropout(0.0).train()(x), x)
+
+
+def test_fused_cell_drops_inside_the_op_other_cells_with_byte_dropout():
+    """The fused rnn cell takes its dropout (between layers and before the head) inside the op:
+    no dropout module before the head. The other cells keep ByteDropout."""
+    from charrnn_ext.model import ByteDropout
+    fused = CharRNN(ModelConfig(vocab_size=9, cell="rnn", hidden_size=8, num_layers=2, dropout=0.3))
+    assert isinstance(fused.drop, torch.nn.Identity)
+    assert fused.rnn.dropout == 0.3 and fused.rnn.output_dropout == 0.3
+    idx = torch.randint(9, (3, 11))
+    fused.train()
+    torch.manual_seed(2)
+    a, _ = fused(idx)
+    torch.manual_seed(2)
+    assert torch.equal(fused(idx)[0], a)
+    fused.eval()
+    assert not torch.allclose(fused(idx)[0], a)  # train mode dropped the head's input
+    for cell in ("rnn-torch", "gru", "lstm"):
+        m = CharRNN(ModelConfig(vocab_size=9, cell=cell, hidden_size=8, num_layers=2, dropout=0.3))
+        assert isinstance(m.drop, ByteDropout)

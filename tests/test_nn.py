@@ -1,10 +1,12 @@
 """FusedRNN against torch.nn.RNN(nonlinearity="tanh"): same constructor, parameters, state dicts,
 outputs, final states and gradients."""
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from charrnn_ext import FusedRNN
+from charrnn_ext import FusedRNN, reference
+from charrnn_ext.ops import dropout_seed
 
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -88,9 +90,7 @@ def test_dropout_eval_mode_matches_and_is_deterministic(device, batch_first):
 
 @pytest.mark.parametrize("device", devices)
 def test_dropout_train_mode(device):
-    """Train mode drops between layers (not after the last): outputs differ from eval mode.
-    On CPU nn.RNN draws its dropout masks with the same at::dropout calls, in the same order,
-    so with the same seed outputs and gradients are identical."""
+    """Train mode drops between layers (not after the last): outputs differ from eval mode."""
     fused, ref = make_pair(device, num_layers=3, dropout=0.5)
     torch.manual_seed(4)
     x = torch.randn(T, B, E, device=device)
@@ -103,20 +103,73 @@ def test_dropout_train_mode(device):
         fused.train()
     assert out_train.shape == out_eval.shape == (T, B, H) and h_train.shape == (3, B, H)
     assert not torch.allclose(out_train, out_eval)
-    # the first layer runs before any dropout
+    # the first layer runs before any dropout, and the last layer's output is not dropped
     torch.testing.assert_close(h_train[0], h_eval[0])
-    if device == "cpu":
-        g = torch.Generator().manual_seed(5)
-        grad_out = torch.randn(T, B, H, generator=g)
-        grad_h_n = torch.randn(3, B, H, generator=g)
-        torch.manual_seed(6)
-        out_f, h_f, g_f = run_and_grad(fused, x, hx, grad_out, grad_h_n)
-        torch.manual_seed(6)
-        out_r, h_r, g_r = run_and_grad(ref, x, hx, grad_out, grad_h_n)
-        torch.testing.assert_close(out_f, out_r)
-        torch.testing.assert_close(h_f, h_r)
-        for name in g_r:
-            torch.testing.assert_close(g_f[name], g_r[name], msg=lambda m, name=name: f"{name}: " + m)
+    torch.testing.assert_close(out_train[-1], h_train[-1], rtol=0, atol=0)
+
+
+def stacked_reference(fused, x, hx, ps, seeds, grad_out, grad_h_n):
+    """reference.py's layers, each output times its mask (reference.dropout_mask) where p > 0,
+    forward and backward by hand. Returns (output, h_n, {name: grad}) as run_and_grad does."""
+    L = fused.num_layers
+    p = {n: t.detach().cpu().numpy() for n, t in fused.named_parameters()}
+    layer_in, h_n, saved = x.detach().cpu().numpy(), [], []
+    for l in range(L):
+        out, h_last = reference.rnn_tanh_forward(layer_in, hx[l].detach().cpu().numpy(), p[f"weight_ih_l{l}"],
+                                                 p[f"weight_hh_l{l}"], p[f"bias_ih_l{l}"], p[f"bias_hh_l{l}"])
+        mask = reference.dropout_mask(seeds[l], ps[l], out.shape) if ps[l] > 0 else np.ones_like(out)
+        saved.append((layer_in, out, mask))
+        h_n.append(h_last)
+        layer_in = out * mask
+    grads, g = {}, grad_out.cpu().numpy()
+    for l in reversed(range(L)):
+        x_l, out, mask = saved[l]
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = reference.rnn_tanh_backward(
+            g * mask, grad_h_n[l].cpu().numpy(), x_l, hx[l].detach().cpu().numpy(), p[f"weight_ih_l{l}"],
+            p[f"weight_hh_l{l}"], out)
+        grads.update({f"weight_ih_l{l}": dw_ih, f"weight_hh_l{l}": dw_hh, f"bias_ih_l{l}": db_ih,
+                      f"bias_hh_l{l}": db_hh})
+        grads.setdefault("hx", [None] * L)[l] = dh0
+        g = dx
+    grads["input"], grads["hx"] = g, np.stack(grads["hx"])
+    return layer_in, np.stack(h_n), grads
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("output_dropout", [0.0, 0.3])
+def test_dropout_matches_explicit_mask_reference(device, output_dropout):
+    """In train mode every layer but the last drops with `dropout`, the last with
+    `output_dropout`, each through the fused op's mask of one seed drawn from torch's generator
+    per dropped layer, in layer order: outputs and every gradient equal reference.py's layers with
+    those masks applied by hand (float64)."""
+    torch.manual_seed(0)
+    fused = FusedRNN(E, H, num_layers=3, dropout=0.5, output_dropout=output_dropout).to(device, torch.float64)
+    x = torch.randn(T, B, E, dtype=torch.float64, device=device)
+    hx = 0.5 * torch.randn(3, B, H, dtype=torch.float64, device=device)
+    g = torch.Generator().manual_seed(5)
+    grad_out = torch.randn(T, B, H, generator=g, dtype=torch.float64).to(device)
+    grad_h_n = torch.randn(3, B, H, generator=g, dtype=torch.float64).to(device)
+    torch.manual_seed(6)
+    out, h_n, grads = run_and_grad(fused, x, hx, grad_out, grad_h_n)
+    torch.manual_seed(6)
+    ps = [0.5, 0.5, output_dropout]
+    seeds = [dropout_seed() if p > 0 else None for p in ps]
+    want_out, want_h_n, want_grads = stacked_reference(fused, x, hx, ps, seeds, grad_out, grad_h_n)
+    close = dict(rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.cpu(), torch.from_numpy(want_out), **close)
+    torch.testing.assert_close(h_n.cpu(), torch.from_numpy(want_h_n), **close)
+    assert set(grads) == set(want_grads)
+    for name, w in want_grads.items():
+        torch.testing.assert_close(grads[name].cpu(), torch.from_numpy(w), **close,
+                                   msg=lambda m, name=name: f"grad of {name}: " + m)
+
+
+def test_output_dropout_is_checked_and_shown():
+    assert "output_dropout=0.25" in repr(FusedRNN(E, H, output_dropout=0.25))
+    assert "output_dropout" not in repr(FusedRNN(E, H))
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="output_dropout must be a number in \\[0, 1\\]"):
+            FusedRNN(E, H, output_dropout=bad)
 
 
 @pytest.mark.parametrize("device", devices)

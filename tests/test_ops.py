@@ -315,7 +315,7 @@ def test_backward_op_output_mask(device):
     """The op itself: a False in output_mask gives None, a True the gradient of the full call;
     all False computes nothing."""
     x, h0, w_ih, w_hh, b_ih, b_hh = make_inputs(5, 2, 4, 13, torch.float64, device, requires_grad=False)
-    output, h_n = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
+    output, h_n, _ = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
     args = (torch.ones_like(output), torch.full_like(h_n, 0.5), x, h0, w_ih, w_hh, output)
     full = BACKWARD(*args)
     for mask in ([True, False, True, False, True], [False, True, False, True, False], [False] * 5):
@@ -493,7 +493,7 @@ def test_opcheck_forward(device):
 def test_opcheck_backward(device):
     g = torch.Generator().manual_seed(5)
     for x, h0, w_ih, w_hh, b_ih, b_hh in opcheck_samples(device):
-        output, h_n = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
+        output, h_n, _ = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
         grad_output = torch.randn(output.shape, generator=g, dtype=x.dtype).to(device)
         grad_h_n = torch.randn(h_n.shape, generator=g, dtype=x.dtype).to(device)
         for mask in ([True] * 5, [False, True, True, False, True], [True, False, False, True, False]):
@@ -505,7 +505,7 @@ def test_opcheck_backward(device):
 def test_backward_op_returns_documented_shapes(device):
     x, h0, w_ih, w_hh, b_ih, b_hh = make_inputs(4, 3, 5, 13, torch.float64, device,
                                                 requires_grad=False)
-    output, h_n = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
+    output, h_n, _ = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
     dx, dh0, dw_ih, dw_hh, db = BACKWARD(torch.ones_like(output), torch.ones_like(h_n),
                                          x, h0, w_ih, w_hh, output)
     assert (dx.shape, dh0.shape, dw_ih.shape, dw_hh.shape, db.shape) == (
@@ -518,9 +518,9 @@ def test_meta_tensors_give_shapes(layout):
     x, h0, w_ih, w_hh, b_ih, b_hh = (t.to("meta") for t in
                                      make_inputs(4, 3, 5, 13, torch.float32, "cpu", layout,
                                                  requires_grad=False))
-    out, h_n = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
+    out, h_n, _ = FORWARD(x, h0, w_ih, w_hh, b_ih, b_hh)
     assert out.device.type == "meta" and out.shape == (4, 3, 13) and h_n.shape == (3, 13)
-    out, h_n = FORWARD(x, h0, w_ih, w_hh, None, None)
+    out, h_n, _ = FORWARD(x, h0, w_ih, w_hh, None, None)
     assert out.shape == (4, 3, 13)
     grads = BACKWARD(out, h_n, x, h0, w_ih, w_hh, out)
     assert [tuple(g.shape) for g in grads] == [(4, 3, 5), (3, 13), (13, 5), (13, 13), (13,)]
@@ -694,7 +694,7 @@ def test_bad_bias_checked_when_other_bias_absent(drop):
 
 def _valid_backward(dtype=torch.float32):
     a = _valid(dtype)
-    output, h_n = FORWARD(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
+    output, h_n, _ = FORWARD(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
     return {"grad_output": torch.ones_like(output), "grad_h_n": torch.ones_like(h_n),
             "x": a["x"], "h0": a["h0"], "w_ih": a["w_ih"], "w_hh": a["w_hh"], "output": output}
 

@@ -1,7 +1,8 @@
 """The CUDA sweep kernels (csrc/cuda/sweep_kernels.cuh) run on the CPU: compiled by g++ against
 tests/cpp/emulated_cuda, each CUDA thread a host thread, and compared with a plain loop of the
 recurrence. Where no GPU is available this still checks their indexing and barrier placement
-for every synchronisation scope (block, cluster, grid), both directions and both dtypes; the
+for every synchronisation scope (block, cluster, grid), both directions and both dtypes, and
+the forward's dropout epilogue against csrc/dropout_mask.h's mask; the
 memory-ordering and speed questions need a GPU (tests/test_cuda_ops.py)."""
 import shutil
 import subprocess

@@ -17,6 +17,7 @@
 #endif
 
 #include "../rnn_tanh.h"
+#include "dropout.h"
 #include "step_kernels.h"
 
 namespace charrnn {
@@ -146,11 +147,14 @@ void project(at::Tensor& output, const at::Tensor& x, const PackedLayer& layer) 
   });
 }
 
-// h_t = tanh(h_t + h_{t-1} w_hh^T) over output [T, B, H], which holds the input projection.
+// h_t = tanh(h_t + h_{t-1} w_hh^T) over output [T, B, H], which holds the input projection;
+// and, when `dropped` [T, B, H] is given, dropped_t = dropout(h_t) while h_t is in cache.
 template <typename scalar_t>
-void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& packed) {
+void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& packed,
+                   scalar_t* dropped, const DropoutMask& mask) {
   const int64_t T = output.size(0), B = output.size(1), H = output.size(2), step = B * H;
   const auto& kernels = cpu::step_kernels<scalar_t>();
+  const cpu::DropoutKernel<scalar_t> dropout = cpu::dropout_kernel<scalar_t>();
   const std::vector<StepBlock> blocks = step_blocks(B, H, kernels.panel, at::get_num_threads(), H);
   scalar_t* out = output.data_ptr<scalar_t>();
   const scalar_t* w = packed.const_data_ptr<scalar_t>();
@@ -159,8 +163,13 @@ void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& p
     const scalar_t* prev = t == 0 ? h0.const_data_ptr<scalar_t>() : out + (t - 1) * step;
     at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t i0, int64_t i1) {
       const auto fp_scope = fp_mode.apply();
-      for (int64_t i = i0; i < i1; ++i)
-        kernels.forward(out + t * step, prev, w, B, H, H, H, blocks[i].p0, blocks[i].p1);
+      for (int64_t i = i0; i < i1; ++i) {
+        const StepBlock& b = blocks[i];
+        kernels.forward(out + t * step, prev, w, B, H, H, H, b.p0, b.p1);
+        const int64_t j0 = b.p0 * kernels.panel, n = std::min(b.p1 * kernels.panel, H) - j0;
+        const int64_t first = t * step + j0;  // of the block's first element
+        if (dropped) dropout(dropped + first, out + first, B, n, H, first, mask);
+      }
     });
   }
 }
@@ -309,32 +318,38 @@ PackedLayer pack_layer_cpu(const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
   return layer;
 }
 
-std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_packed_cpu(const at::Tensor& x,
-                                                               const at::Tensor& h0,
-                                                               const PackedLayer& layer) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_packed_cpu(
+    const at::Tensor& x, const at::Tensor& h0, const PackedLayer& layer, double dropout,
+    int64_t seed) {
   const int64_t T = x.size(0), B = x.size(1), H = h0.size(1);
   at::Tensor output = at::empty({T, B, H}, x.options());
+  at::Tensor dropped = dropout > 0 ? at::empty_like(output) : at::empty({0}, output.options());
   // The sweep adds h_{t-1} w_hh^T into each step's slice of the projection and applies tanh.
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_forward_cpu", [&] {
     project<scalar_t>(output, x, layer);
-    forward_sweep<scalar_t>(output, h0, layer.w_hh);
+    forward_sweep<scalar_t>(output, h0, layer.w_hh,
+                            dropout > 0 ? dropped.data_ptr<scalar_t>() : nullptr,
+                            make_dropout_mask(dropout, seed));
   });
-  return {output, output[T - 1].clone()};
+  return {output, output[T - 1].clone(), dropped};
 }
 
-std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, double dropout,
+    int64_t seed) {
   check_forward_args(x, h0, w_ih, w_hh, b_ih, b_hh);
+  check_dropout(dropout);
   return rnn_tanh_forward_packed_cpu(x.contiguous(), h0.contiguous(),
-                                     pack_layer_cpu(w_ih, w_hh, b_ih, b_hh));
+                                     pack_layer_cpu(w_ih, w_hh, b_ih, b_hh), dropout, seed);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cpu(
     const at::Tensor& grad_output_in, const at::Tensor& grad_h_n_in, const at::Tensor& x_in,
     const at::Tensor& h0_in, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
-    const at::Tensor& output_in, GradMask output_mask) {
+    const at::Tensor& output_in, GradMask output_mask, double dropout, int64_t seed) {
   check_backward_args(grad_output_in, grad_h_n_in, x_in, h0_in, w_ih_in, w_hh_in, output_in);
+  check_dropout(dropout);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto [want_dx, want_dh0, want_dw_ih, want_dw_hh, want_db] = output_mask;
   if (!(want_dx || want_dh0 || want_dw_ih || want_dw_hh || want_db)) return {};
@@ -344,8 +359,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
   const int64_t T = x.size(0), B = x.size(1), E = x.size(2), H = w_hh.size(0);
   const auto opts = x.options();
 
-  // One allocation even when grad_output is an expanded view (the gradient of out.sum()).
-  at::Tensor a = grad_output_in.clone(at::MemoryFormat::Contiguous);
+  // One allocation even when grad_output is an expanded view (the gradient of out.sum()). With
+  // dropout, g_t = dL/dh_t is the gradient of the dropped output through the mask, drawn again.
+  at::Tensor a = dropout > 0 ? cpu::dropout_cpu(grad_output_in, make_dropout_mask(dropout, seed))
+                             : grad_output_in.clone(at::MemoryFormat::Contiguous);
   at::Tensor dh0 = want_dh0 ? at::empty({B, H}, opts) : at::Tensor();
   const WindowProducts products{a, x, h0, output, w_ih,
                                 want_dx ? at::empty({T, B, E}, opts) : at::Tensor(),

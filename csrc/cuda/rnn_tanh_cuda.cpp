@@ -28,9 +28,19 @@ cuda::SweepPlan plan_for(int64_t B, int64_t H, const at::Tensor& like) {
   return plan;
 }
 
-// Runs the recurrence of sweep.h over seq [T, B, H] in place.
+// y = dropout(x) over a whole layer's output; both contiguous [T, B, H].
+void dropout_into(at::Tensor& y, const at::Tensor& x, const DropoutMask& mask) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "charrnn_dropout", [&] {
+    cuda::launch_dropout(y.data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), x.numel(), mask,
+                         c10::cuda::getCurrentCUDAStream());
+  });
+}
+
+// Runs the recurrence of sweep.h over seq [T, B, H] in place; a forward with a non-empty
+// `dropped` [T, B, H] also writes dropout(s_t) there.
 void sweep(bool backward, at::Tensor& seq, const at::Tensor& hidden, const at::Tensor& init,
-           const at::Tensor& w_hh) {
+           const at::Tensor& w_hh, at::Tensor dropped = {}, const DropoutMask& mask = {}) {
+  const bool drop = dropped.defined() && dropped.numel() > 0;
   const int64_t T = seq.size(0), B = seq.size(1), H = seq.size(2);
   const cuda::SweepPlan plan = plan_for(B, H, seq);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -40,6 +50,7 @@ void sweep(bool backward, at::Tensor& seq, const at::Tensor& hidden, const at::T
         at::Tensor h_t = seq[t];
         h_t.addmm_(t == 0 ? init : seq[t - 1], w_hh.t()).tanh_();
       }
+      if (drop) dropout_into(dropped, seq, mask);
     } else {
       AT_DISPATCH_FLOATING_TYPES(seq.scalar_type(), "charrnn_tanh_grad", [&] {
         const scalar_t* h = hidden.const_data_ptr<scalar_t>();
@@ -63,35 +74,39 @@ void sweep(bool backward, at::Tensor& seq, const at::Tensor& hidden, const at::T
         w_hh.const_data_ptr<scalar_t>(),
         arrivals.defined() ? reinterpret_cast<unsigned long long*>(arrivals.data_ptr<int64_t>())
                             : nullptr,
-        T, static_cast<int>(B), static_cast<int>(H)};
+        T, static_cast<int>(B), static_cast<int>(H),
+        drop ? dropped.data_ptr<scalar_t>() : nullptr, mask};
     cuda::launch_sweep(plan, backward, args, stream);
   });
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> rnn_tanh_forward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_cuda(
     const at::Tensor& x_in, const at::Tensor& h0_in, const at::Tensor& w_ih_in,
     const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih,
-    const std::optional<at::Tensor>& b_hh) {
+    const std::optional<at::Tensor>& b_hh, double dropout, int64_t seed) {
   check_forward_args(x_in, h0_in, w_ih_in, w_hh_in, b_ih, b_hh);
+  check_dropout(dropout);
   check_cuda(x_in);
   const c10::cuda::CUDAGuard device_guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(),
                    w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t T = x.size(0);
 
-  // The sweep turns the input projection into h_1..h_T in place.
+  // The sweep turns the input projection into h_1..h_T in place, and writes their dropout.
   at::Tensor output = input_projection(x, w_ih, b_ih, b_hh);
-  sweep(/*backward=*/false, output, at::Tensor(), h0, w_hh);
-  return {output, output[T - 1].clone()};
+  at::Tensor dropped = dropout > 0 ? at::empty_like(output) : at::empty({0}, output.options());
+  sweep(/*backward=*/false, output, at::Tensor(), h0, w_hh, dropped, make_dropout_mask(dropout, seed));
+  return {output, output[T - 1].clone(), dropped};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n_in, const at::Tensor& x_in,
     const at::Tensor& h0_in, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
-    const at::Tensor& output_in, GradMask output_mask) {
+    const at::Tensor& output_in, GradMask output_mask, double dropout, int64_t seed) {
   check_backward_args(grad_output, grad_h_n_in, x_in, h0_in, w_ih_in, w_hh_in, output_in);
+  check_dropout(dropout);
   check_cuda(x_in);
   const auto [want_dx, want_dh0, want_dw_ih, want_dw_hh, want_db] = output_mask;
   if (!(want_dx || want_dh0 || want_dw_ih || want_dw_hh || want_db)) return {};
@@ -102,8 +117,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
   const int64_t T = x.size(0), B = x.size(1), E = x.size(2), H = w_hh.size(0);
 
   // a_t = (g_t + a_{t+1} w_hh) * (1 - h_t^2), built in place over a copy of grad_output with
-  // grad_h_n folded into the last step.
-  at::Tensor a = grad_output.clone(at::MemoryFormat::Contiguous);
+  // grad_h_n folded into the last step. With dropout, g_t is the gradient of the dropped output
+  // through the forward's mask, drawn again.
+  at::Tensor a;
+  if (dropout > 0) {
+    a = at::empty({T, B, H}, x.options());
+    dropout_into(a, grad_output.contiguous(), make_dropout_mask(dropout, seed));
+  } else {
+    a = grad_output.clone(at::MemoryFormat::Contiguous);
+  }
   a[T - 1].add_(grad_h_n_in);
   sweep(/*backward=*/true, a, output, at::Tensor(), w_hh);
 

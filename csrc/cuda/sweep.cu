@@ -27,6 +27,18 @@ __global__ void tanh_grad_kernel(scalar_t* a, const scalar_t* h, int64_t n) {
     a[i] *= scalar_t(1) - h[i] * h[i];
 }
 
+template <typename scalar_t>
+__global__ void dropout_kernel(scalar_t* y, const scalar_t* x, int64_t n, const DropoutMask mask) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = dropout_apply(mask, static_cast<uint64_t>(i), x[i]);
+}
+
+// Blocks of 256 threads for n elements, at most a grid's worth (the kernels stride over the rest).
+int elementwise_blocks(int64_t n) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 65535)));
+}
+
 Scope scope_of(SweepPath path) {
   return path == SweepPath::kBlock ? Scope::kBlock
          : path == SweepPath::kCluster ? Scope::kCluster : Scope::kGrid;
@@ -309,9 +321,14 @@ void launch_sweep(const SweepPlan& p, bool backward, const SweepArgs<scalar_t>& 
 
 template <typename scalar_t>
 void launch_tanh_grad(scalar_t* a, const scalar_t* h, int64_t n, cudaStream_t stream) {
-  const int threads = 256;
-  const int blocks = static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 65535));
-  tanh_grad_kernel<<<blocks, threads, 0, stream>>>(a, h, n);
+  tanh_grad_kernel<<<elementwise_blocks(n), 256, 0, stream>>>(a, h, n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+void launch_dropout(scalar_t* y, const scalar_t* x, int64_t n, const DropoutMask& mask,
+                    cudaStream_t stream) {
+  dropout_kernel<<<elementwise_blocks(n), 256, 0, stream>>>(y, x, n, mask);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -319,5 +336,7 @@ template void launch_sweep<float>(const SweepPlan&, bool, const SweepArgs<float>
 template void launch_sweep<double>(const SweepPlan&, bool, const SweepArgs<double>&, cudaStream_t);
 template void launch_tanh_grad<float>(float*, const float*, int64_t, cudaStream_t);
 template void launch_tanh_grad<double>(double*, const double*, int64_t, cudaStream_t);
+template void launch_dropout<float>(float*, const float*, int64_t, const DropoutMask&, cudaStream_t);
+template void launch_dropout<double>(double*, const double*, int64_t, const DropoutMask&, cudaStream_t);
 
 }  // namespace charrnn::cuda

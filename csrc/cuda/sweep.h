@@ -7,13 +7,16 @@
 //   forward  (t = 0 .. T-1):  s_t = tanh(seq_t + M s_{t-1}),             M = w_hh,   s_{-1} = h0
 //   backward (t = T-1 .. 0):  s_t = (seq_t + M s_{t+1}) * (1 - h_t^2),  M = w_hh^T, s_T = 0
 // where seq_t holds the input projection (forward) or the output gradient with grad_h_n
-// already added at T-1 (backward), and s_t overwrites seq_t in place.
+// already added at T-1 (backward), and s_t overwrites seq_t in place. The forward may also
+// write dropout(s_t) (../dropout_mask.h) as it goes, for the next layer.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
+
+#include "../dropout_mask.h"
 
 namespace charrnn::cuda {
 
@@ -57,12 +60,20 @@ struct SweepArgs {
   unsigned long long* arrivals;  // [tiles] zeroed counters (grid path only; else null)
   int64_t T;
   int B, H;
+  scalar_t* dropped = nullptr;  // [T, B, H] forward only: dropout(s_t) with `mask`; or null
+  DropoutMask mask = {};
 };
 
 // Launches the persistent sweep of `plan` on `stream`; plan.path must not be kSteps.
 template <typename scalar_t>
 void launch_sweep(const SweepPlan& plan, bool backward, const SweepArgs<scalar_t>& args,
                   cudaStream_t stream);
+
+// y = dropout(x) elementwise, element i of x being element i of the layer's output.
+template <typename scalar_t>
+void launch_dropout(scalar_t* y,        // [n] written
+                    const scalar_t* x,  // [n]
+                    int64_t n, const DropoutMask& mask, cudaStream_t stream);
 
 // a *= 1 - h^2 elementwise (the backward's per-step pointwise part on the kSteps path).
 template <typename scalar_t>

@@ -212,6 +212,8 @@ __global__ void __launch_bounds__(kMaxThreads)
         s = tanh(s);
       }
       a.seq[idx] = s;
+      if constexpr (!kBackward)
+        if (a.dropped) a.dropped[idx] = dropout_apply(a.mask, static_cast<uint64_t>(idx), s);
       const int at = r * lay.ldh + u0 + v;
       if constexpr (kScope == Scope::kBlock) {
         next[at] = s;

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "dropout_mask.h"
 #include "rnn_tanh.h"
 
 namespace {
@@ -43,20 +44,31 @@ int main() {
 
   auto fwd = c10::Dispatcher::singleton()
                  .findSchemaOrThrow("charrnn::rnn_tanh_forward", "")
-                 .typed<std::tuple<at::Tensor, at::Tensor>(
+                 .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>();
+                     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double,
+                     int64_t)>();
   auto bwd = c10::Dispatcher::singleton()
                  .findSchemaOrThrow("charrnn::rnn_tanh_backward", "")
                  .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
                      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                      const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                     std::array<bool, 5>)>();
-  auto [output, h_n] = fwd.call(x, h0, w_ih, w_hh, b_ih, b_hh);
-  auto [dx, dh0, dw_ih, dw_hh, db] = bwd.call(g_out, g_hn, x, h0, w_ih, w_hh, output, {true, true, true, true, true});
+                     std::array<bool, 5>, double, int64_t)>();
+  auto [output, h_n, none] = fwd.call(x, h0, w_ih, w_hh, b_ih, b_hh, 0.0, 0);
+  auto [dx, dh0, dw_ih, dw_hh, db] = bwd.call(g_out, g_hn, x, h0, w_ih, w_hh, output, {true, true, true, true, true}, 0.0, 0);
   // Only dh0 and dw_hh: the others come back undefined.
   auto [no_dx, some_dh0, no_dw_ih, some_dw_hh, no_db] =
-      bwd.call(g_out, g_hn, x, h0, w_ih, w_hh, output, {false, true, false, true, false});
+      bwd.call(g_out, g_hn, x, h0, w_ih, w_hh, output, {false, true, false, true, false}, 0.0, 0);
+  // Dropout p = 0.5: the forward's dropped output is the mask of dropout_mask.h times output,
+  // and the backward equals the undropped backward of grad_output times that mask.
+  const charrnn::DropoutMask mask = charrnn::make_dropout_mask(0.5, 42);
+  at::Tensor m = at::empty({T, B, H}, opt);
+  for (int64_t e = 0; e < m.numel(); ++e) m.view({-1})[e] = charrnn::dropout_apply(mask, e, 1.0);
+  auto [same_output, same_h_n, dropped] = fwd.call(x, h0, w_ih, w_hh, b_ih, b_hh, 0.5, 42);
+  auto [ddx, ddh0, ddw_ih, ddw_hh, ddb] =
+      bwd.call(g_out, g_hn, x, h0, w_ih, w_hh, output, {true, true, true, true, true}, 0.5, 42);
+  auto [mdx, mdh0, mdw_ih, mdw_hh, mdb] =
+      bwd.call(g_out * m, g_hn, x, h0, w_ih, w_hh, output, {true, true, true, true, true}, 0.0, 0);
 
   const Vec X = to_vec(x), H0 = to_vec(h0), Wi = to_vec(w_ih), Wh = to_vec(w_hh),
             Bi = to_vec(b_ih), Bh = to_vec(b_hh), G = to_vec(g_out), GN = to_vec(g_hn);
@@ -101,8 +113,19 @@ int main() {
       {"dx", max_diff(dx, want_dx)},          {"dh0", max_diff(dh0, dnext)},
       {"dw_ih", max_diff(dw_ih, want_dwi)},   {"dw_hh", max_diff(dw_hh, want_dwh)},
       {"db", max_diff(db, want_db)},          {"masked dh0", max_diff(some_dh0, dnext)},
-      {"masked dw_hh", max_diff(some_dw_hh, want_dwh)}};
+      {"masked dw_hh", max_diff(some_dw_hh, want_dwh)},
+      {"dropout output", max_diff(same_output, want_out)},
+      {"dropout dropped", max_diff(dropped, to_vec(output * m))},
+      {"dropout dx", max_diff(ddx, to_vec(mdx))},     {"dropout dh0", max_diff(ddh0, to_vec(mdh0))},
+      {"dropout dw_ih", max_diff(ddw_ih, to_vec(mdw_ih))}, {"dropout dw_hh", max_diff(ddw_hh, to_vec(mdw_hh))},
+      {"dropout db", max_diff(ddb, to_vec(mdb))}};
   int failures = 0;
+  const double kept = (dropped != 0).to(at::kDouble).mean().item<double>();
+  if (none.numel() != 0 || kept < 0.2 || kept > 0.8) {
+    std::printf("dropout: p = 0 returned %lld dropped elements, p = 0.5 kept %.2f FAIL\n",
+                static_cast<long long>(none.numel()), kept);
+    ++failures;
+  }
   if (no_dx.defined() || no_dw_ih.defined() || no_db.defined()) {
     std::printf("masked-out gradients came back defined FAIL\n");
     ++failures;
@@ -114,7 +137,7 @@ int main() {
   }
   // A bad shape is reported as an exception that names the argument.
   try {
-    fwd.call(x, h0.t(), w_ih, w_hh, b_ih, b_hh);
+    fwd.call(x, h0.t(), w_ih, w_hh, b_ih, b_hh, 0.0, 0);
     std::printf("bad h0 shape: no error FAIL\n");
     ++failures;
   } catch (const c10::Error& e) {

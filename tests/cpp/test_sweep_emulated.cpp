@@ -1,11 +1,13 @@
 // Runs the persistent sweep kernels of csrc/cuda/sweep_kernels.cuh on the CPU, each CUDA thread
 // a host thread (tests/cpp/emulated_cuda), against a plain loop of the recurrence in sweep.h.
 // Covers the three synchronisation scopes, both directions, float and double, one and several
-// rows per pass, split k, partial slices and partial tiles. Exit status 0: all agree.
+// rows per pass, split k, partial slices and partial tiles, and the forward's dropout epilogue
+// against dropout_mask.h's mask of the recurrence's output. Exit status 0: all agree.
 //   g++ -std=c++20 -O1 -pthread -Itests/cpp/emulated_cuda -Icsrc/cuda tests/cpp/test_sweep_emulated.cpp
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <vector>
@@ -95,14 +97,19 @@ bool check(const Config& c, bool backward, std::mt19937& rng) {
   std::vector<T> seq_t(seq.begin(), seq.end()), hidden_t(hidden.begin(), hidden.end()),
       init_t(init.begin(), init.end()), w_t(w.begin(), w.end());
   std::vector<unsigned long long> arrivals((c.B + c.rows - 1) / c.rows, 0);
+  // The forward also writes dropout(h_t), p = 0.3; the backward has no epilogue.
+  std::vector<T> dropped(backward ? 0 : n, std::numeric_limits<T>::quiet_NaN());
+  const charrnn::DropoutMask mask = charrnn::make_dropout_mask(0.3, 1000 + n);
   const SweepArgs<T> args{seq_t.data(), backward ? hidden_t.data() : nullptr,
                           backward ? nullptr : init_t.data(), w_t.data(), arrivals.data(),
-                          c.T, c.B, c.H};
+                          c.T, c.B, c.H, backward ? nullptr : dropped.data(), mask};
   launch(charrnn::cuda::pick_kernel<T>(backward, c.scope, c.rows), args, c);
 
   double err = 0, scale = 1;
   for (int i = 0; i < n; ++i) {
-    err = std::isnan(seq_t[i]) ? INFINITY : std::max(err, std::abs(seq_t[i] - want[i]));
+    double e = std::abs(seq_t[i] - want[i]);
+    if (!backward) e = std::max(e, std::abs(dropped[i] - charrnn::dropout_apply(mask, i, want[i])));
+    err = std::isnan(e) ? INFINITY : std::max(err, e);
     scale = std::max(scale, std::abs(want[i]));
     if (std::isinf(err)) break;
   }
