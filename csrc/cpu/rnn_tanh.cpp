@@ -213,7 +213,8 @@ struct WindowProducts {
 // (step, block) pairs in step order, so each step waits only for the one before it; any
 // number of members, from one up, completes the sweep, so none can wait on a member that
 // never came. Product members compute the window products of each chunk of steps once the
-// sweep has finished it; they own disjoint parts of the outputs.
+// sweep has finished it; they own disjoint parts of the outputs. The products of the first
+// steps, the last to be final, are the sweep's own tail (split_tail).
 template <typename scalar_t>
 class BackwardSweep {
  public:
@@ -232,6 +233,7 @@ class BackwardSweep {
   // Member 0 comes first wherever at::parallel_for runs them (on the calling thread, or first
   // in order when fewer threads than members come).
   void run(int64_t product_members) {
+    if (product_members > 0) split_tail(product_members);
     const CallerFpMode fp_mode;
     at::parallel_for(0, sweep_members() + product_members, 1, [&](int64_t m0, int64_t m1) {
       const auto fp_scope = fp_mode.apply();
@@ -249,6 +251,9 @@ class BackwardSweep {
         }
       }
     });
+    for (const auto& [sum, part] : {std::pair{products_.dw_ih, tail_.dw_ih},
+                                    {products_.dw_hh, tail_.dw_hh}, {products_.db, tail_.db}})
+      if (part.defined()) sum.add_(part);
   }
 
  private:
@@ -275,12 +280,38 @@ class BackwardSweep {
       else steps_done_.store(k + 1, std::memory_order_relaxed);  // read by this member alone
       if ((k + 1) % chunk_ == 0 || t == 0) publish(steps_final_, k + 1);
       if (t == 0 && dh0_.defined()) at::mm_out(dh0_, a_[0], w_hh_);
+      if (t == 0 && tail_steps_ > 0) tail_(0, tail_steps_, 0, 1);
     }
   }
 
+  // The products of the first tail_steps_ steps, the last to be final, are the sweep's own to
+  // compute once it is done, so that the sweep's thread does not idle while the product members
+  // finish: into dw buffers of its own (added at the end; dx rows are disjoint anyway). The
+  // split comes from the shapes alone, never from timing, so the sums and the results are the
+  // same on every run: the chunk boundary that best balances the sweep plus its tail against
+  // the product members' share, counted in multiply-adds.
+  void split_tail(int64_t product_members) {
+    const int64_t E = products_.x.size(2), chunks = (T_ + chunk_ - 1) / chunk_;
+    const double per_row = (products_.dx.defined() ? E * H_ : 0) +
+                           (products_.dw_ih.defined() ? H_ * E : 0) +
+                           (products_.dw_hh.defined() ? H_ * H_ : 0);
+    const double sweep = double(T_) * B_ * H_ * H_ / sweep_members();
+    double best = std::numeric_limits<double>::infinity();
+    for (int64_t k = 0; k <= chunks; ++k) {
+      const int64_t split = std::max<int64_t>(0, T_ - (chunks - k) * chunk_);
+      const double time = std::max(sweep + split * B_ * per_row,
+                                   (T_ - split) * B_ * per_row / product_members);
+      if (time < best) best = time, tail_steps_ = split;
+    }
+    if (tail_steps_ == 0) return;
+    tail_ = products_;
+    for (at::Tensor* part : {&tail_.dw_ih, &tail_.dw_hh, &tail_.db})
+      if (part->defined()) *part = at::zeros_like(*part);
+  }
+
   void product_member(int64_t part, int64_t parts) {
-    for (int64_t t1 = T_; t1 > 0;) {
-      const int64_t t0 = std::max<int64_t>(0, t1 - chunk_);
+    for (int64_t t1 = T_; t1 > tail_steps_;) {
+      const int64_t t0 = std::max<int64_t>(tail_steps_, t1 - chunk_);
       wait_until(steps_final_, T_ - t0);
       if (failed_.load()) return;
       products_(t0, t1, part, parts);
@@ -296,6 +327,8 @@ class BackwardSweep {
   const at::Tensor packed_;
   const std::vector<StepBlock> blocks_;
   const int64_t chunk_;  // steps per chunk of the products
+  int64_t tail_steps_ = 0;
+  WindowProducts tail_;  // the products of steps [0, tail_steps_), with dw buffers of their own
   std::atomic<int64_t> tickets_{0}, blocks_done_{0};
   std::atomic<int64_t> steps_done_{0};   // the sweep's first steps_done_ steps are done
   std::atomic<int64_t> steps_final_{0};  // the same, published per chunk for the products
