@@ -7,12 +7,13 @@ Contenders, all through charrnn_ext.sample.generate on random weights of the sam
   fused       the rnn cell through the fused decode op (one call for the whole text)
   python      the rnn cell through the Python loop (one model call per character; the
               reference that the fused op's text equals)
-  nn.RNN      the rnn-torch cell (torch.nn.RNN) through the Python loop
-  nn.LSTM     the lstm cell (torch.nn.LSTM) through the Python loop, without oneDNN
-  nn.LSTM+oneDNN  the same loop with torch's default CPU LSTM kernel (oneDNN), as before
+  lstm        the lstm cell through charrnn's Python loop (PackedCellStep: weights packed once)
+  nn.RNN      the rnn-torch cell (torch.nn.RNN), one module call per character: stock PyTorch
+  nn.LSTM     the lstm cell (torch.nn.LSTM), one module call per character, with torch's
+              default CPU kernel (oneDNN): stock PyTorch
 The contenders run interleaved, round by round, in this one process, so the machine's load
-falls on all of them alike; the table gives medians over the rounds and the fused op's ratio
-to each. Writes bench/results/sample-<date>.json.
+falls on all of them alike; the table gives medians over the rounds and the ratios of charrnn's paths to
+the others. Writes bench/results/sample-<date>.json.
 """
 
 from __future__ import annotations
@@ -39,18 +40,17 @@ from charrnn_ext.data import Vocab  # noqa: E402
 from charrnn_ext.model import CharRNN, ModelConfig  # noqa: E402
 from common import git_commit  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-# (name, cell, fused, oneDNN for the CPU LSTM)
-CONTENDERS = [("fused", "rnn", True, False), ("python", "rnn", False, False),
-              ("nn.RNN", "rnn-torch", False, False), ("nn.LSTM", "lstm", False, False),
-              ("nn.LSTM+oneDNN", "lstm", False, True)]
+# (name, cell, fused, packed: whether the Python loop may use PackedCellStep)
+CONTENDERS = [("fused", "rnn", True, True), ("python", "rnn", False, True), ("lstm", "lstm", None, True),
+              ("nn.RNN", "rnn-torch", None, False), ("nn.LSTM", "lstm", None, False)]
 
 
-def chars_per_s(model, vocab, samples, seconds, fused, onednn) -> float:
+def chars_per_s(model, vocab, samples, seconds, fused, packed) -> float:
     """Generates for about `seconds` (the length from a first short run) and returns chars/s."""
     def run(length):
-        # oneDNN: the loop as it ran before it switched oneDNN off for the LSTM.
-        with (mock.patch.object(sample, "_native_cpu_lstm", lambda model: contextlib.nullcontext())
-              if onednn else contextlib.nullcontext()):
+        # Without the packed step: one module call per character, as stock PyTorch runs it.
+        with (contextlib.nullcontext() if packed else
+              mock.patch.object(sample.PackedCellStep, "supports", staticmethod(lambda model: False))):
             start = time.perf_counter()
             sample.generate(model, vocab, length=length, num_samples=samples, seed=0, fused=fused)
             return time.perf_counter() - start
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
     for samples in (int(s) for s in args.samples.split(",")):
         runs = {name: [] for name, *_ in contenders}
         for _ in range(args.rounds):
-            for name, cell, fused, onednn in contenders:
-                runs[name].append(chars_per_s(models[cell], vocab, samples, args.seconds, fused, onednn))
+            for name, cell, fused, packed in contenders:
+                runs[name].append(chars_per_s(models[cell], vocab, samples, args.seconds, fused, packed))
         row = {"samples": samples, **{name: statistics.median(v) for name, v in runs.items()}, "runs": runs}
         rows.append(row)
         print(f"{samples} samples: " + ", ".join(f"{n} {row[n]:,.0f}" for n, *_ in contenders) + " chars/s",
@@ -101,12 +101,14 @@ def main(argv=None) -> int:
     print(f"\n{args.num_layers} x {args.hidden_size} tanh RNN (LSTM of the same size), embedding "
           f"{args.embedding_size}, vocabulary {args.vocab_size}; {torch.get_num_threads()} threads; "
           f"characters per second, median of {args.rounds} interleaved rounds\n")
-    print("| samples | " + " | ".join(n for n, *_ in contenders) + " | fused / python | fused / nn.RNN |")
-    print("|---:|" + "---:|" * (len(contenders) + 2))
+    pairs = [("fused", "python"), ("fused", "nn.RNN"), ("lstm", "nn.LSTM")]
+    print("| samples | " + " | ".join(n for n, *_ in contenders) + " | "
+          + " | ".join(f"{a} / {b}" for a, b in pairs) + " |")
+    print("|---:|" + "---:|" * (len(contenders) + len(pairs)))
     for row in rows:
-        ratio = lambda other: f"{row['fused'] / row[other]:.1f}x" if "fused" in row and other in row else "-"  # noqa: E731
+        ratio = lambda a, b: f"{row[a] / row[b]:.1f}x" if a in row and b in row else "-"  # noqa: E731
         print(f"| {row['samples']} | " + " | ".join(f"{row[n]:,.0f}" for n, *_ in contenders)
-              + f" | {ratio('python')} | {ratio('nn.RNN')} |")
+              + " | " + " | ".join(ratio(a, b) for a, b in pairs) + " |")
 
     result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()

@@ -1,4 +1,4 @@
-"""The fused tanh-RNN window op: fake kernels, the autograd.Function and rnn_tanh()."""
+"""The fused ops: fake kernels, the autograd.Function and rnn_tanh(), the decode, packed linears."""
 import torch
 
 _FORWARD = torch.ops.charrnn.rnn_tanh_forward
@@ -158,3 +158,41 @@ def rnn_tanh_decode(logits, h0, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, 
     """
     return _DECODE(logits, h0, embedding, list(w_ih), list(w_hh), list(b_ih), list(b_hh),
                    head_weight, head_bias, steps, temperature, top_k, generator)
+
+
+# Generation's products for the cells without a fused decode (csrc/rnn_tanh.h), CPU only.
+
+PACKED_LINEAR_ALIGN = 16  # kPackedLinearAlign
+
+
+@torch.library.register_fake("charrnn::pack_linear")
+def _pack_linear_fake(weight):
+    if weight.dim() != 2:
+        raise ValueError(f"charrnn: pack_linear's weight must have shape [N, K], got {tuple(weight.shape)}")
+    N, K = weight.shape
+    return weight.new_empty(((N + PACKED_LINEAR_ALIGN - 1) // PACKED_LINEAR_ALIGN * PACKED_LINEAR_ALIGN * K,))
+
+
+@torch.library.register_fake("charrnn::packed_linear")
+def _packed_linear_fake(input, packed, out_features, bias):
+    if input.dim() != 2:
+        raise ValueError(f"charrnn: packed_linear's input must have shape [B, K], got {tuple(input.shape)}")
+    return input.new_empty((input.shape[0], out_features))
+
+
+class PackedLinear:
+    """x -> x weight^T + bias, with weight [N, K] packed once for the CPU step kernels.
+
+    For loops that multiply by the same weight a few rows at a time (sampling one character per
+    call): each call skips the re-layout, checks and thread start-up that a GEMM call pays, which
+    at one row cost more than the multiply-adds. Inference only (no autograd); the values are
+    the weight's at construction. CPU tensors, float32 or float64.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.out_features = weight.shape[0]
+        self.packed = torch.ops.charrnn.pack_linear(weight.detach())
+        self.bias = None if bias is None else bias.detach().contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.charrnn.packed_linear(x, self.packed, self.out_features, self.bias)

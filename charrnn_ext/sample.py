@@ -1,11 +1,10 @@
 """Generation from a trained CharRNN: prime text, temperature, top-k, argmax, seed.
 
 The rnn cell (FusedRNN) generates through one fused op call (ops.rnn_tanh_decode) that draws
-the same text as the Python loop for the same seed; the other cells run the Python loop."""
+the same text as the Python loop for the same seed; the other cells run the Python loop, on the
+CPU through PackedCellStep (weights packed once per text, not laid out again per character)."""
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
@@ -13,7 +12,7 @@ from .data import Vocab
 from .errors import CharRNNError
 from .model import CharRNN, resolve_device
 from .nn import FusedRNN
-from .ops import rnn_tanh_decode
+from .ops import PackedLinear, rnn_tanh_decode
 
 # Streamed text comes in chunks that grow from FIRST_CHUNK characters (so that the first ones
 # show at once) to LAST_CHUNK (so that the op's per-call overhead stays negligible).
@@ -48,7 +47,11 @@ def generate(model: CharRNN, vocab: Vocab, prime: str = "", length: int = 500,
     if fused and not can_fuse:
         raise CharRNNError(f"the fused decode needs the rnn cell on a device with charrnn's kernels; "
                          f"this model is {model.config.cell} on {device}")
-    steps = fused_steps if can_fuse and fused is not False else python_steps
+    if can_fuse and fused is not False:
+        steps = fused_steps
+    else:
+        step = PackedCellStep(model) if PackedCellStep.supports(model) else model_step(model)
+        steps = lambda model, *args: python_steps(step, *args)  # noqa: E731
     # A private generator: sampling reproduces from its seed whatever else used torch's RNG.
     gen = torch.Generator(device=device)
     if seed is None:
@@ -115,33 +118,80 @@ def fused_steps(model: CharRNN, logits, state, n: int, temperature: float, top_k
                            model.head.weight, model.head.bias, n, float(temperature), top_k, gen)
 
 
-def python_steps(model: CharRNN, logits, state, n: int, temperature: float, top_k: int | None,
+def python_steps(step, logits, state, n: int, temperature: float, top_k: int | None,
                  gen: torch.Generator):
-    """n draws, one model call per character: the reference the fused op equals."""
+    """n draws, one step(ids [N], state) -> (logits [N, V], state) call per character."""
     out = []
-    with _native_cpu_lstm(model):
-        for _ in range(n):
-            nxt = pick(logits, temperature, top_k, gen)  # [N]
-            out.append(nxt)
-            logits, state = model(nxt.unsqueeze(1), state)
-            logits = logits[:, -1]
+    for _ in range(n):
+        nxt = pick(logits, temperature, top_k, gen)  # [N]
+        out.append(nxt)
+        logits, state = step(nxt, state)
     return torch.stack(out, 1), state, logits
 
 
-@contextlib.contextmanager
-def _native_cpu_lstm(model: CharRNN):
-    """On the CPU, torch.nn.LSTM runs through oneDNN, which lays the weights out anew on every
-    call: at one character a call that costs ~20x the step itself. ATen's own LSTM kernel reads
-    them as they are."""
-    if not (isinstance(model.rnn, torch.nn.LSTM) and model.head.weight.device.type == "cpu"):
-        yield
-        return
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = enabled
+def model_step(model: CharRNN):
+    """One character through the model's forward: for the rnn cell, the reference that the fused
+    decode equals."""
+    def step(ids, state):
+        logits, state = model(ids.unsqueeze(1), state)
+        return logits[:, -1], state
+    return step
+
+
+class PackedCellStep:
+    """One character of a gru, lstm or rnn-torch CharRNN in eval mode on the CPU: the math of
+    torch's cells (gate order, biases, nonlinearities) on weights packed once (ops.PackedLinear).
+
+    Why: each per-character call of torch's modules multiplies through a GEMM call that, at one
+    row, spends more on its own overhead than on the multiply-adds, and nn.LSTM's oneDNN kernel
+    also lays its weights out anew on every call. The floats differ from the module's in the
+    last bits (other summation order), like any two GEMMs.
+    """
+
+    @staticmethod
+    def supports(model: CharRNN) -> bool:
+        rnn = model.rnn
+        # FusedRNN (an nn.RNN) has the fused decode, and its Python loop is that decode's reference.
+        return (isinstance(rnn, (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN)) and not isinstance(rnn, FusedRNN)
+                and model.head.weight.device.type == "cpu"
+                and model.head.weight.dtype in (torch.float32, torch.float64) and not rnn.bidirectional
+                and getattr(rnn, "proj_size", 0) == 0 and getattr(rnn, "nonlinearity", "tanh") == "tanh")
+
+    def __init__(self, model: CharRNN):
+        rnn = model.rnn
+        self.cell = "lstm" if isinstance(rnn, torch.nn.LSTM) else "gru" if isinstance(rnn, torch.nn.GRU) else "rnn"
+        self.embed = None if model.embed is None else model.embed.weight.detach()
+        self.vocab_size = model.config.vocab_size
+        self.dtype = model.head.weight.dtype
+        param = lambda name, l: getattr(rnn, f"{name}_l{l}") if rnn.bias or name.startswith("weight") else None  # noqa: E731
+        self.ih = [PackedLinear(param("weight_ih", l), param("bias_ih", l)) for l in range(rnn.num_layers)]
+        self.hh = [PackedLinear(param("weight_hh", l), param("bias_hh", l)) for l in range(rnn.num_layers)]
+        self.head = PackedLinear(model.head.weight, model.head.bias)
+
+    def __call__(self, ids: torch.Tensor, state):
+        x = (torch.nn.functional.one_hot(ids, self.vocab_size).to(self.dtype) if self.embed is None
+             else self.embed.index_select(0, ids))
+        lstm = self.cell == "lstm"
+        hs, cs = [], []
+        for l, (ih, hh) in enumerate(zip(self.ih, self.hh)):
+            h = (state[0] if lstm else state)[l]
+            if lstm:
+                gates = ih(x).add_(hh(h))
+                i, f, g, o = gates.sigmoid().chunk(4, 1)
+                c = f * state[1][l] + i * gates.chunk(4, 1)[2].tanh()
+                x = o * c.tanh()
+                cs.append(c)
+            elif self.cell == "gru":
+                gi, gh = ih(x).chunk(3, 1), hh(h).chunk(3, 1)
+                r = (gi[0] + gh[0]).sigmoid_()
+                z = (gi[1] + gh[1]).sigmoid_()
+                n = (gi[2] + r * gh[2]).tanh_()
+                x = (h - n).mul_(z).add_(n)
+            else:
+                x = ih(x).add_(hh(h)).tanh_()
+            hs.append(x)
+        h_n = torch.stack(hs)
+        return self.head(x), ((h_n, torch.stack(cs)) if lstm else h_n)
 
 
 def pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> torch.Tensor:

@@ -104,6 +104,9 @@ TORCH_LIBRARY(charrnn, m) {
   m.def("rnn_tanh_backward(Tensor grad_output, Tensor grad_h_n, Tensor x, Tensor h0, Tensor w_ih,"
         " Tensor w_hh, Tensor output, bool[5] output_mask=[True, True, True, True, True],"
         " float dropout=0.0, int seed=0) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db)");
+  // Generation's products for the cells without a fused decode, CPU only: rnn_tanh.h
+  m.def("pack_linear(Tensor weight) -> Tensor packed");
+  m.def("packed_linear(Tensor input, Tensor packed, int out_features, Tensor? bias) -> Tensor");
   // Generation: decode.h
   m.def("rnn_tanh_decode(Tensor logits, Tensor h0, Tensor? embedding, Tensor[] w_ih, Tensor[] w_hh,"
         " Tensor?[] b_ih, Tensor?[] b_hh, Tensor head_weight, Tensor? head_bias, int steps,"

@@ -46,6 +46,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_packed_cpu(
     const PackedLayer& layer,
     double dropout, int64_t seed);  // as rnn_tanh_forward_cpu's
 
+// Generation's per-character products for the cells without a fused decode (gru, lstm,
+// rnn-torch): a linear layer's weight packed once, then multiplied by a few rows at a time in
+// the step kernels, without the re-layout, checks and thread start-up of a GEMM call. The
+// packed layout is private to this build and process; its size is fixed by the shape alone,
+// so that fake tensors know it.
+constexpr int64_t kPackedLinearAlign = 16;  // N is padded to a multiple: >= every panel width
+at::Tensor pack_linear_cpu(const at::Tensor& weight);  // [N, K]
+// packed [K * round_up(N, kPackedLinearAlign)]
+at::Tensor packed_linear_cpu(const at::Tensor& input,                 // [B, K]
+                             const at::Tensor& packed,                // pack_linear(weight [N, K])
+                             int64_t out_features,                    // N
+                             const std::optional<at::Tensor>& bias);  // [N] or None
+// [B, N] = input weight^T + bias, new and contiguous
+
 // Returns (dx, dh0, dw_ih, dw_hh, db); db is the gradient of b_ih and of b_hh alike. Only the
 // gradients whose output_mask entry is true are computed; the others are undefined tensors
 // (None in Python), and the products that only they need are skipped. With dropout p > 0,

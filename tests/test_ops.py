@@ -194,6 +194,28 @@ def test_cpu_thread_paths_match_reference(threads, shape):
         assert_close_to_ref(got, want, torch.float64, "d" + name)
 
 
+@pytest.mark.parametrize("shape", [(20, 32, 7, 100), (20, 9, 5, 40), (20, 3, 5, 300), (6, 32, 4, 600)],
+                         ids=shape_id)
+def test_cpu_forward_splits_give_the_same_floats(shape):
+    """The forward sweep splits a step among threads by batch rows (each thread sweeping its rows
+    alone) or by hidden units (a barrier per step), by the shape and thread count; both compute
+    every element in the same order, so float32 outputs are equal bit for bit at every count
+    (the shapes: rows at 2+ threads, rows in groups of 4+, units for B < 8, units for w_hh > 1 MB)."""
+    T, B, E, H = shape
+    inputs = [t.detach().float() for t in make_inputs(T, B, E, H)]
+    old = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3, 4):
+            torch.set_num_threads(threads)
+            runs.append(torch.ops.charrnn.rnn_tanh_forward(*inputs, 0.3, 5))
+    finally:
+        torch.set_num_threads(old)
+    for run in runs[1:]:
+        for got, want in zip(run, runs[0]):
+            assert torch.equal(got, want)
+
+
 # --------------------------------------------------------------------------- CPU capabilities
 
 def machine_capabilities():

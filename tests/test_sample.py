@@ -134,11 +134,15 @@ def test_fused_decode_state_and_logits_are_the_python_loops_floats(device):
         for samples in (1, 8):
             logits, state = model(torch.zeros(samples, 1, dtype=torch.long, device=device))
             runs = []
-            for steps in (sample_mod.fused_steps, sample_mod.python_steps):
+            for steps in (sample_mod.fused_steps, python_loop):
                 g = torch.Generator(device=device).manual_seed(3)
                 runs.append(steps(model, logits[:, -1], state, 40, 0.9, 20, g))
             for fused, python in zip(*runs):
                 assert torch.equal(fused, python)
+
+
+def python_loop(model, *args):
+    return sample_mod.python_steps(sample_mod.model_step(model), *args)
 
 
 def test_fused_decode_follows_the_float64_reference():
@@ -195,24 +199,62 @@ def test_other_cells_run_the_python_loop(cell):
     assert not sample_mod.fused_decode_available(model)
     with pytest.raises(ValueError, match="fused decode needs the rnn cell"):
         generate(model, vocab, length=5, fused=True)
-    enabled = torch.backends.mkldnn.enabled
     out = generate(model, vocab, prime="a", length=30, num_samples=2, seed=2)
-    assert torch.backends.mkldnn.enabled == enabled  # the oneDNN switch for lstm is put back
     assert out == generate(model, vocab, prime="a", length=30, num_samples=2, seed=2)
     assert all(len(s) == 31 for s in out)
 
 
-def test_lstm_steps_match_onednn_lstm():
-    # The Python loop's LSTM step without oneDNN computes the same model (to float rounding).
+# (cell, hidden, layers, embedding (0: one-hot), bias, samples)
+CELL_CASES = [("lstm", 12, 2, 5, True, 1), ("lstm", 33, 3, 0, False, 4), ("gru", 12, 2, 5, True, 2),
+              ("gru", 17, 1, 0, False, 1), ("rnn-torch", 20, 2, 3, True, 3), ("rnn-torch", 9, 1, 0, False, 1)]
+
+
+def cell_model(vocab, cell, hidden, layers, embedding, bias, dtype):
+    model = random_model(vocab, cell=cell, hidden=hidden, layers=layers, embedding=embedding, dtype=dtype).eval()
+    if not bias:  # the same module without biases, the same weights
+        rnn = model.rnn
+        kw = {"nonlinearity": rnn.nonlinearity} if cell == "rnn-torch" else {}
+        model.rnn = type(rnn)(rnn.input_size, hidden, layers, bias=False, **kw).to(dtype)
+        model.rnn.load_state_dict({k: v for k, v in rnn.state_dict().items() if k.startswith("weight")})
+    return model.requires_grad_(False)
+
+
+@pytest.mark.parametrize("cell, hidden, layers, embedding, bias, samples", CELL_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_packed_cell_step_computes_the_modules_step(cell, hidden, layers, embedding, bias, samples, dtype):
+    # The packed step is torch's cell math: logits and state after each of a few characters.
     vocab = vocab_of(9)
-    model = random_model(vocab, cell="lstm", hidden=12).eval()
-    idx = torch.tensor([[1, 2, 3, 4]])
-    with torch.no_grad():
-        want = model(idx)[0]
-        with sample_mod._native_cpu_lstm(model):
-            assert not torch.backends.mkldnn.enabled
-            got = model(idx)[0]
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    model = cell_model(vocab, cell, hidden, layers, embedding, bias, dtype)
+    assert sample_mod.PackedCellStep.supports(model)
+    steps = [sample_mod.PackedCellStep(model), sample_mod.model_step(model)]
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    logits, state = model(torch.tensor([[0, 3]]).expand(samples, -1))
+    states = [state, state]
+    for t in range(6):
+        ids = torch.arange(samples) * 2 + t
+        (got, states[0]), (want, states[1]) = (step(ids % 9, s) for step, s in zip(steps, states))
+        torch.testing.assert_close(got, want, **tol)
+        torch.testing.assert_close(states[0], states[1], **tol)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn-torch"])
+def test_packed_cell_steps_draw_the_module_loops_text(cell, monkeypatch):
+    # In float64 the two differ by rounding far below any draw's margin: the same text.
+    vocab = vocab_of(30)
+    model = cell_model(vocab, cell, 24, 2, 6, True, torch.float64)
+    for temperature, top_k in DRAWS:
+        kw = dict(prime="ab", length=80, temperature=temperature, top_k=top_k, num_samples=3, seed=5)
+        packed = generate(model, vocab, **kw)
+        with monkeypatch.context() as m:
+            m.setattr(sample_mod.PackedCellStep, "supports", staticmethod(lambda model: False))
+            assert packed == generate(model, vocab, **kw), (temperature, top_k)
+    assert len(set(packed)) > 1
+
+
+def test_packed_cell_step_is_only_for_cpu_models_it_computes():
+    vocab = vocab_of(5)
+    assert not sample_mod.PackedCellStep.supports(random_model(vocab))  # the fused rnn: the decode op
+    assert not sample_mod.PackedCellStep.supports(random_model(vocab, cell="lstm", dtype=torch.bfloat16))
 
 
 def decode_args(dtype=torch.float32, device="cpu", samples=2, embedding=4, bias=True, seed=0):
