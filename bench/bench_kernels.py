@@ -8,6 +8,7 @@ on, the per-step loop, and the fused op on each sweep path it can run (CHARRNN_C
 
     python bench/bench_kernels.py                  # full grid, CPU; writes bench/results/cpu-<date>.json
     python bench/bench_kernels.py --quick          # a small grid, fewer rounds
+    python bench/bench_kernels.py --quick --cpu-splits   # and the CPU sweep's two splits side by side
     python bench/bench_kernels.py --device cuda    # the GPU grid; writes bench/results/cuda-<date>.json
 """
 import argparse
@@ -39,7 +40,7 @@ def step_loop(x, h, w_ih, w_hh, b_ih, b_hh):
     return torch.stack(outs), h
 
 
-def make_impls(T, B, E, H, device):
+def make_impls(T, B, E, H, device, cpu_splits=False):
     torch.manual_seed(0)
     rnn = torch.nn.RNN(E, H).to(device)
     fused = charrnn_ext.FusedRNN(E, H).to(device)
@@ -47,11 +48,27 @@ def make_impls(T, B, E, H, device):
     params = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
     x = torch.randn(T, B, E, device=device, requires_grad=True)
     h0 = torch.zeros(1, B, H, device=device, requires_grad=True)
-    return {
+    impls = {
         "fused": lambda: fused(x, h0),
         "nn.RNN": lambda: rnn(x, h0),
         "step-loop": lambda: step_loop(x, h0[0], *params),
     }
+    if cpu_splits:  # the forward sweep forced to each split (CHARRNN_CPU_SWEEP), in this process
+        for split in ("rows", "units"):
+            impls[f"fused-{split}"] = lambda split=split: with_env("CHARRNN_CPU_SWEEP", split, lambda: fused(x, h0))
+    return impls
+
+
+def with_env(name, value, fn):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return fn()
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 
 
 def fwd_bwd(fn):
@@ -274,6 +291,9 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--min-time", type=float, default=None, help="seconds of rounds per measurement")
+    p.add_argument("--cpu-splits", action="store_true",
+                   help="CPU: also time the fused op with its forward sweep forced to each split "
+                        "(CHARRNN_CPU_SWEEP=rows, units), interleaved with the rest")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/<device>-<date>.json)")
     p.add_argument("--skip-paths", type=lambda s: s.split(","), default=[], metavar="P[,P...]",
                    help="CUDA sweep paths to leave out of the per-path columns (e.g. one that hung)")
@@ -308,7 +328,7 @@ def main(argv=None):
     print(header, flush=True)
     for H in hs:
         for B in bs:
-            impls = make_impls(T, B, E, H, args.device)
+            impls = make_impls(T, B, E, H, args.device, cpu_splits=args.cpu_splits)
             mem = peak_memory(T, B, E, H, args.device)
             for mode, wrap, flops in (("fwd+bwd", fwd_bwd, 6 * T * B * (H * H + E * H)),
                                       ("fwd", fwd_only, 2 * T * B * (H * H + E * H))):
@@ -321,11 +341,15 @@ def main(argv=None):
                            speedup_vs_step_loop=med["step-loop"] / med["fused"],
                            fused_gflops=gflops, fraction_of_sgemm=gflops / gemm_before,
                            peak_mb_fwd_bwd={k: v / 2 ** 20 for k, v in mem.items()})
+                if args.cpu_splits:
+                    row["units_over_rows"] = med["fused-units"] / med["fused-rows"]
                 rows.append(row)
                 print(f"{H:>5} {B:>4} {mode:<8} {med['fused'] * 1e3:>9.2f} {med['nn.RNN'] * 1e3:>10.2f} "
                       f"{med['step-loop'] * 1e3:>9.2f} {row['speedup_vs_nn_rnn']:>8.2f} "
                       f"{row['speedup_vs_step_loop']:>7.2f} {gflops:>8.1f} {row['fraction_of_sgemm']:>7.0%} "
-                      f"{mem.get('fused', 0) / 2**20:>6.1f}/{mem.get('nn.RNN', 0) / 2**20:<6.1f}", flush=True)
+                      f"{mem.get('fused', 0) / 2**20:>6.1f}/{mem.get('nn.RNN', 0) / 2**20:<6.1f}"
+                      + (f"  rows {med['fused-rows'] * 1e3:.2f} ms, units {med['fused-units'] * 1e3:.2f} ms, "
+                         f"units / rows {row['units_over_rows']:.2f}" if args.cpu_splits else ""), flush=True)
     gemm_after = sgemm_gflops(args.device)
     print(f"sgemm {gemm_after:.0f} GFLOP/s after the grid")
 

@@ -59,7 +59,7 @@ class TrainConfig:
     seq_len: int = option(100, "window length (steps of truncated backpropagation through time)", minimum=1)
     optimizer: str = option("adam", "adam, adagrad, rmsprop or sgd", choices=OPTIMIZERS)
     lr: float = option(2e-3, "learning rate", above=0.0)
-    lr_decay: float = option(0.9, "per-epoch decay: lr * lr_decay**epoch", above=0.0)
+    lr_decay: float = option(0.85, "per-epoch decay: lr * lr_decay**epoch", above=0.0)
     momentum: float = option(0.9, "sgd momentum", minimum=0.0)
     weight_decay: float = option(0.0, "L2 weight decay", minimum=0.0)
     grad_clip: float = option(5.0, "gradient clipping threshold; 0 disables", minimum=0.0)

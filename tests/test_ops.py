@@ -196,7 +196,7 @@ def test_cpu_thread_paths_match_reference(threads, shape):
 
 @pytest.mark.parametrize("shape", [(20, 32, 7, 100), (20, 9, 5, 40), (20, 3, 5, 300), (6, 32, 4, 600)],
                          ids=shape_id)
-def test_cpu_forward_splits_give_the_same_floats(shape):
+def test_cpu_forward_splits_give_the_same_floats(shape, monkeypatch):
     """The forward sweep splits a step among threads by batch rows (each thread sweeping its rows
     alone) or by hidden units (a barrier per step), by the shape and thread count; both compute
     every element in the same order, so float32 outputs are equal bit for bit at every count
@@ -209,11 +209,21 @@ def test_cpu_forward_splits_give_the_same_floats(shape):
         for threads in (1, 2, 3, 4):
             torch.set_num_threads(threads)
             runs.append(torch.ops.charrnn.rnn_tanh_forward(*inputs, 0.3, 5))
+            for split in ("rows", "units"):  # forced, as benchmarks compare them
+                with monkeypatch.context() as m:
+                    m.setenv("CHARRNN_CPU_SWEEP", split)
+                    runs.append(torch.ops.charrnn.rnn_tanh_forward(*inputs, 0.3, 5))
     finally:
         torch.set_num_threads(old)
     for run in runs[1:]:
         for got, want in zip(run, runs[0]):
             assert torch.equal(got, want)
+
+
+def test_cpu_sweep_knob_refuses_unknown_values(monkeypatch):
+    monkeypatch.setenv("CHARRNN_CPU_SWEEP", "diagonal")
+    with pytest.raises(ValueError, match="CHARRNN_CPU_SWEEP must be auto, rows or units, got 'diagonal'"):
+        rnn_tanh(*make_inputs(3, 2, 2, 4))
 
 
 # --------------------------------------------------------------------------- CPU capabilities

@@ -7,9 +7,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <exception>
 #include <limits>
+#include <string>
 #include <vector>
 
 #if defined(__SSE__) || defined(__x86_64__) || defined(_M_X64)
@@ -115,9 +117,16 @@ std::vector<StepBlock> step_blocks(int64_t B, int64_t H, int64_t panel, int64_t 
 constexpr int64_t kRowGroupMinRows = 4;
 constexpr int64_t kRowGroupMaxWeightBytes = 1 << 20;
 
+// CHARRNN_CPU_SWEEP=rows|units forces a split (for benchmarks that compare them in one process).
 int64_t row_groups(int64_t B, int64_t H, int64_t elem_size) {
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  if (threads < 2 || H * H * elem_size > kRowGroupMaxWeightBytes) return 1;
+  const char* forced = std::getenv("CHARRNN_CPU_SWEEP");
+  const std::string split = forced == nullptr ? "auto" : forced;
+  TORCH_CHECK_VALUE(split == "auto" || split == "rows" || split == "units" || split.empty(),
+                    "charrnn: CHARRNN_CPU_SWEEP must be auto, rows or units, got '", split, "'");
+  if (threads < 2 || split == "units") return 1;
+  if (split == "rows") return std::min(threads, B);
+  if (H * H * elem_size > kRowGroupMaxWeightBytes) return 1;
   return std::min(threads, B / kRowGroupMinRows);
 }
 
