@@ -7,8 +7,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <atomic>
+#include <cstdlib>
 #include <exception>
 #include <limits>
 #include <string>
@@ -130,6 +130,12 @@ int64_t row_groups(int64_t B, int64_t H, int64_t elem_size) {
   return std::min(threads, B / kRowGroupMinRows);
 }
 
+// Elements of a packed [K, N] matrix: whole panels of kPackedLinearAlign columns, whatever this
+// capability's panel, so that the size follows from the shape alone (pack_linear's fake kernel).
+int64_t packed_size(int64_t N, int64_t K) {
+  return (N + kPackedLinearAlign - 1) / kPackedLinearAlign * kPackedLinearAlign * K;
+}
+
 // w [N, K] (w_ih, w_hh) as the step kernels read it: w^T [K, N] (the forward's x w_ih^T and
 // h_{t-1} w_hh^T) or w itself (the backward's a_{t+1} w_hh, N = K), packed into panels.
 template <typename scalar_t>
@@ -137,11 +143,10 @@ at::Tensor packed(const at::Tensor& w, bool transposed) {
   const auto& kernels = cpu::step_kernels<scalar_t>();
   const int64_t N = transposed ? w.size(0) : w.size(1), K = transposed ? w.size(1) : w.size(0);
   TORCH_INTERNAL_ASSERT(kPackedLinearAlign % kernels.panel == 0);
-  // Room for whole panels of kPackedLinearAlign columns, whatever this capability's panel.
-  const int64_t columns = (N + kPackedLinearAlign - 1) / kPackedLinearAlign * kPackedLinearAlign;
-  at::Tensor out = at::empty({columns * K}, w.options());
+  const int64_t size = packed_size(N, K);
+  at::Tensor out = at::empty({size}, w.options());
   const int64_t used = (N + kernels.panel - 1) / kernels.panel * kernels.panel * K;
-  out.narrow(0, used, columns * K - used).zero_();  // defined values throughout: one result per input
+  out.narrow(0, used, size - used).zero_();  // defined values throughout: one result per input
   kernels.pack(w.const_data_ptr<scalar_t>(), transposed ? 1 : N, transposed ? K : 1, K, N,
                out.data_ptr<scalar_t>());
   return out;
@@ -447,11 +452,10 @@ at::Tensor packed_linear_cpu(const at::Tensor& input_in, const at::Tensor& packe
   TORCH_CHECK_VALUE(out_features > 0, "charrnn: packed_linear's out_features must be > 0, got ",
                     out_features);
   const int64_t B = input_in.size(0), K = input_in.size(1), N = out_features;
-  const int64_t columns = (N + kPackedLinearAlign - 1) / kPackedLinearAlign * kPackedLinearAlign;
-  TORCH_CHECK_VALUE(packed_weight.dim() == 1 && packed_weight.numel() == columns * K &&
+  TORCH_CHECK_VALUE(packed_weight.dim() == 1 && packed_weight.numel() == packed_size(N, K) &&
                         packed_weight.is_contiguous(),
                     "charrnn: packed_linear's packed must be pack_linear(weight) of a weight [N, K] = [",
-                    N, ", ", K, "] (out_features, input's K): a contiguous [", columns * K,
+                    N, ", ", K, "] (out_features, input's K): a contiguous [", packed_size(N, K),
                     "] tensor, got shape ", packed_weight.sizes());
   TORCH_CHECK_TYPE(packed_weight.scalar_type() == input_in.scalar_type(),
                    "charrnn: packed_linear's packed must have the input's dtype (",
