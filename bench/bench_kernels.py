@@ -8,7 +8,7 @@ on, the per-step loop, and the fused op on each sweep path it can run (CHARRNN_C
 
     python bench/bench_kernels.py                  # full grid, CPU; writes bench/results/cpu-<date>.json
     python bench/bench_kernels.py --quick          # a small grid, fewer rounds
-    python bench/bench_kernels.py --quick --cpu-splits   # and the CPU sweep's two splits side by side
+    python bench/bench_kernels.py --quick --cpu-splits   # and the CPU's forced splits and orders side by side
     python bench/bench_kernels.py --device cuda    # the GPU grid; writes bench/results/cuda-<date>.json
 """
 import argparse
@@ -53,10 +53,16 @@ def make_impls(T, B, E, H, device, cpu_splits=False):
         "nn.RNN": lambda: rnn(x, h0),
         "step-loop": lambda: step_loop(x, h0[0], *params),
     }
-    if cpu_splits:  # the forward sweep forced to each split (CHARRNN_CPU_SWEEP), in this process
-        for split in ("rows", "units"):
-            impls[f"fused-{split}"] = lambda split=split: with_env("CHARRNN_CPU_SWEEP", split, lambda: fused(x, h0))
+    if cpu_splits:  # the fused op again under each forced CPU choice (CPU_KNOBS), in this process
+        impls.update({name: impls["fused"] for name in CPU_KNOBS})
     return impls
+
+
+# The CPU's forward split (CHARRNN_CPU_SWEEP) and backward order (CHARRNN_CPU_BACKWARD), forced
+# around the whole forward+backward call.
+CPU_KNOBS = {"fused-rows": ("CHARRNN_CPU_SWEEP", "rows"), "fused-units": ("CHARRNN_CPU_SWEEP", "units"),
+             "fused-overlap": ("CHARRNN_CPU_BACKWARD", "overlap"),
+             "fused-serial": ("CHARRNN_CPU_BACKWARD", "serial")}
 
 
 def with_env(name, value, fn):
@@ -293,7 +299,8 @@ def main(argv=None):
     p.add_argument("--min-time", type=float, default=None, help="seconds of rounds per measurement")
     p.add_argument("--cpu-splits", action="store_true",
                    help="CPU: also time the fused op with its forward sweep forced to each split "
-                        "(CHARRNN_CPU_SWEEP=rows, units), interleaved with the rest")
+                        "(CHARRNN_CPU_SWEEP=rows, units) and its backward to each order "
+                        "(CHARRNN_CPU_BACKWARD=overlap, serial), interleaved with the rest")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/<device>-<date>.json)")
     p.add_argument("--skip-paths", type=lambda s: s.split(","), default=[], metavar="P[,P...]",
                    help="CUDA sweep paths to leave out of the per-path columns (e.g. one that hung)")
@@ -333,6 +340,9 @@ def main(argv=None):
             for mode, wrap, flops in (("fwd+bwd", fwd_bwd, 6 * T * B * (H * H + E * H)),
                                       ("fwd", fwd_only, 2 * T * B * (H * H + E * H))):
                 runs = {name: wrap(fn) for name, fn in impls.items()}
+                for name, knob in CPU_KNOBS.items():
+                    if name in runs:
+                        runs[name] = lambda run=runs[name], knob=knob: with_env(*knob, run)
                 med, rounds = interleaved_medians(runs, args.device, min_time)
                 gflops = flops / med["fused"] / 1e9
                 row = dict(T=T, B=B, E=E, H=H, mode=mode, rounds=rounds,
@@ -343,13 +353,17 @@ def main(argv=None):
                            peak_mb_fwd_bwd={k: v / 2 ** 20 for k, v in mem.items()})
                 if args.cpu_splits:
                     row["units_over_rows"] = med["fused-units"] / med["fused-rows"]
+                    if mode == "fwd+bwd":
+                        row["serial_over_overlap"] = med["fused-serial"] / med["fused-overlap"]
                 rows.append(row)
                 print(f"{H:>5} {B:>4} {mode:<8} {med['fused'] * 1e3:>9.2f} {med['nn.RNN'] * 1e3:>10.2f} "
                       f"{med['step-loop'] * 1e3:>9.2f} {row['speedup_vs_nn_rnn']:>8.2f} "
                       f"{row['speedup_vs_step_loop']:>7.2f} {gflops:>8.1f} {row['fraction_of_sgemm']:>7.0%} "
                       f"{mem.get('fused', 0) / 2**20:>6.1f}/{mem.get('nn.RNN', 0) / 2**20:<6.1f}"
                       + (f"  rows {med['fused-rows'] * 1e3:.2f} ms, units {med['fused-units'] * 1e3:.2f} ms, "
-                         f"units / rows {row['units_over_rows']:.2f}" if args.cpu_splits else ""), flush=True)
+                         f"units / rows {row['units_over_rows']:.2f}" if args.cpu_splits else "")
+                      + (f"; backward serial / overlap {row['serial_over_overlap']:.2f}"
+                         if "serial_over_overlap" in row else ""), flush=True)
     gemm_after = sgemm_gflops(args.device)
     print(f"sgemm {gemm_after:.0f} GFLOP/s after the grid")
 

@@ -178,15 +178,18 @@ def thread_case_grads(shape, threads):
     return (out, h_n, grads), reference_grads(inputs, grad_output, grad_h_n)
 
 
+@pytest.mark.parametrize("backward", ["auto", "overlap", "serial"])
 @pytest.mark.parametrize("threads", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("shape", [(150, 8, 7, 163), (70, 1, 3, 29), (5, 200, 9, 11), (40, 16, 5, 160)],
                          ids=shape_id)
-def test_cpu_thread_paths_match_reference(threads, shape):
-    """The CPU backward sweeps on up to half the threads while the others compute the window
-    GEMMs of finished chunks of steps (the first chunk holding h0's step); on one thread the
-    GEMMs follow the sweep. Steps of B*H*H >= 2**18 multiply-adds (the last shape) are split
-    across a team of sweeping threads from 4 threads on, and across threads in the forward.
-    Every thread count gives the reference."""
+def test_cpu_thread_paths_match_reference(threads, shape, backward, monkeypatch):
+    """The CPU backward either sweeps on up to half the threads while the others compute the
+    window GEMMs of finished chunks of steps (the first chunk holding h0's step), or sweeps on
+    all threads and then runs the GEMMs (as on one thread); auto picks by the shape (the first
+    shape overlaps), CHARRNN_CPU_BACKWARD forces one. Steps of B*H*H >= 2**18 multiply-adds (the
+    last shape) are split across a team of sweeping threads, and across threads in the forward.
+    Every thread count and order gives the reference."""
+    monkeypatch.setenv("CHARRNN_CPU_BACKWARD", backward)
     (out, h_n, grads), (ref_out, ref_h_n, ref_grads) = thread_case_grads(shape, threads)
     assert_close_to_ref(out, ref_out, torch.float64, "output")
     assert_close_to_ref(h_n, ref_h_n, torch.float64, "h_n")
@@ -224,6 +227,13 @@ def test_cpu_sweep_knob_refuses_unknown_values(monkeypatch):
     monkeypatch.setenv("CHARRNN_CPU_SWEEP", "diagonal")
     with pytest.raises(ValueError, match="CHARRNN_CPU_SWEEP must be auto, rows or units, got 'diagonal'"):
         rnn_tanh(*make_inputs(3, 2, 2, 4))
+
+
+def test_cpu_backward_knob_refuses_unknown_values(monkeypatch):
+    monkeypatch.setenv("CHARRNN_CPU_BACKWARD", "sideways")
+    out, h_n = rnn_tanh(*make_inputs(3, 2, 2, 4))
+    with pytest.raises(ValueError, match="CHARRNN_CPU_BACKWARD must be auto, overlap or serial, got 'sideways'"):
+        (out.sum() + h_n.sum()).backward()
 
 
 # --------------------------------------------------------------------------- CPU capabilities

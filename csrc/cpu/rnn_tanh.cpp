@@ -130,6 +130,26 @@ int64_t row_groups(int64_t B, int64_t H, int64_t elem_size) {
   return std::min(threads, B / kRowGroupMinRows);
 }
 
+// Whether the backward overlaps the sweep with the window products (BackwardSweep) or sweeps
+// with every thread first and then runs the products as whole-window GEMMs on all of them. The
+// overlap leaves the sweep to half the threads (one, on two cores), each streaming its blocks of
+// w_hh at every step, and the product members idle until the first chunk of steps is final. On
+// two cores it measured faster (1.2x) only while w_hh fits well inside a core's L2 (256 KB:
+// H = 256 in float32) and the first chunk comes early in the window; at H = 512 the serial order
+// took 0.6-0.95x the overlap's time (B = 1 to 32) and the default model's training step 0.93-0.98x.
+// CHARRNN_CPU_BACKWARD=overlap|serial forces one (for benchmarks that compare them).
+constexpr int64_t kOverlapMaxWeightBytes = 256 << 10;
+
+bool backward_overlaps(int64_t T, int64_t B, int64_t H, int64_t elem_size) {
+  const char* forced = std::getenv("CHARRNN_CPU_BACKWARD");
+  const std::string mode = forced == nullptr ? "auto" : forced;
+  TORCH_CHECK_VALUE(mode == "auto" || mode == "overlap" || mode == "serial" || mode.empty(),
+                    "charrnn: CHARRNN_CPU_BACKWARD must be auto, overlap or serial, got '", mode, "'");
+  if (mode != "auto" && !mode.empty()) return mode == "overlap";
+  const int64_t first_chunk = std::min(T, (kProductChunkRows + B - 1) / B);
+  return H * H * elem_size <= kOverlapMaxWeightBytes && 2 * first_chunk <= T;
+}
+
 // Elements of a packed [K, N] matrix: whole panels of kPackedLinearAlign columns, whatever this
 // capability's panel, so that the size follows from the shape alone (pack_linear's fake kernel).
 int64_t packed_size(int64_t N, int64_t K) {
@@ -506,11 +526,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
                                 want_dw_hh ? at::zeros({H, H}, opts) : at::Tensor(),
                                 want_db ? at::zeros({H}, opts) : at::Tensor()};
 
-  // Threads: up to half sweep (as many as a step is worth, see kSerialStepWork), the rest
-  // compute the products of finished chunks meanwhile. On one thread the products follow the
-  // sweep as whole-window GEMMs.
+  // Threads: with the overlap up to half sweep (as many as a step is worth, see
+  // kSerialStepWork) and the rest compute the products of finished chunks meanwhile; without
+  // it (and on one thread) all sweep, then the products follow as whole-window GEMMs.
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const bool overlap = products.any() && threads > 1;
+  const bool overlap = backward_overlaps(T, B, H, static_cast<int64_t>(x.element_size())) &&
+                       products.any() && threads > 1;
   const int64_t most_sweeping = overlap ? std::max<int64_t>(1, threads / 2) : threads;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_backward_cpu", [&] {
     BackwardSweep<scalar_t> sweep(a, grad_h_n, output, w_hh, dh0, products, most_sweeping);
