@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call, for a machine with an sm_90 GPU (H100, H200): build the
 # extension for sm_90 only, run the CUDA tests (one process per sweep path, so a hang costs
-# one path's time limit), run the CUDA kernel benchmark against cuDNN. Needs no network.
+# one path's time limit), run the CUDA kernel benchmark against cuDNN and the generation
+# benchmark. Needs no network.
 # Meant to finish in well under 8 minutes (DEADLINE). It builds in place (`pip install -e .`),
 # replacing the checkout's own build of the extension: run it in a clone of its own.
 #
@@ -85,10 +86,17 @@ skip_paths=()
 limited 90 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_nn.py tests/test_dropout.py \
   -k "cuda and not compile" \
   --junitxml="$OUT/junit-ops-cuda.xml" || status=1
+# Generation: the CUDA graph of the decode steps and the decode op against the Python loop's text.
+limited 60 $PY -m pytest -q -p no:cacheprovider tests/test_sample.py -k "cuda" \
+  --junitxml="$OUT/junit-sample-cuda.xml" || status=1
 
 step "kernel benchmark against cuDNN"
 limited 180 $PY bench/bench_kernels.py --device cuda ${QUICK:+--quick} "${skip_paths[@]}" \
   --out "$OUT/cuda-$(date +%F).json" || status=1
+
+step "generation benchmark"
+limited 60 $PY bench/bench_sample.py --device cuda --samples 1,64 --rounds 2 --seconds 0.5 \
+  --out "$OUT/sample-cuda-$(date +%F).json" || status=1
 
 step "done, status $status"
 exec >&- 2>&-  # let tee write the end of the log before the script returns

@@ -1,10 +1,13 @@
 """Generation from a trained CharRNN: prime text, temperature, top-k, argmax, seed.
 
-The rnn cell (FusedRNN) generates through one fused op call (ops.rnn_tanh_decode) that draws
-the same text as the Python loop for the same seed; the other cells run the Python loop, on the
-CPU through PackedCellStep (weights packed once per text, not laid out again per character)."""
+The rnn cell (FusedRNN) generates through one fused op call (ops.rnn_tanh_decode) on the CPU
+and through a CUDA graph of its steps (CUDAGraphSteps) on a GPU; both draw the same text as the
+Python loop for the same seed. The other cells run the Python loop, on the CPU through
+PackedCellStep (weights packed once per text, not laid out again per character)."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -48,7 +51,7 @@ def generate(model: CharRNN, vocab: Vocab, prime: str = "", length: int = 500,
         raise CharRNNError(f"the fused decode needs the rnn cell on a device with charrnn's kernels; "
                          f"this model is {model.config.cell} on {device}")
     if can_fuse and fused is not False:
-        steps = fused_steps
+        steps = CUDAGraphSteps() if device.type == "cuda" else fused_steps
     else:
         step = PackedCellStep(model) if PackedCellStep.supports(model) else model_step(model)
         steps = lambda model, *args: python_steps(step, *args)  # noqa: E731
@@ -194,16 +197,124 @@ class PackedCellStep:
         return self.head(x), ((h_n, torch.stack(cs)) if lstm else h_n)
 
 
-def pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> torch.Tensor:
-    """Next ids [N] from logits [N, V]."""
-    if temperature == 0:
-        return logits.argmax(-1)
+def probabilities(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
+    """The distribution [N, V] of the next ids after temperature (> 0) and top-k."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    return torch.softmax(logits, dim=-1)
+
+
+def pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> torch.Tensor:
+    """Next ids [N] from logits [N, V]."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    return torch.multinomial(probabilities(logits, temperature, top_k), 1, generator=gen).squeeze(1)
+
+
+def draw(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> torch.Tensor:
+    """pick() in a form a CUDA graph can hold: torch.multinomial draws one sample as the argmax of
+    p / q with q ~ Exp(1) from the generator, after checks that read the device from the host
+    (which a graph cannot hold). This is that draw without the checks, so the ids and the
+    generator's state after it are pick()'s (a test holds them equal)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = probabilities(logits, temperature, top_k)
+    q = torch.empty_like(probs).exponential_(1, generator=gen)
+    return torch.div(probs, q, out=q).argmax(-1)
+
+
+class CUDAGraphSteps:
+    """The rnn cell's decode on a GPU: CHARS characters of the Python loop (draw, then the
+    model's one-character forward) captured once as a CUDA graph and replayed, so a character
+    costs a share of one graph launch instead of a dozen kernel launches and their host work.
+
+    The text is the loop's: the generator is registered with the graph, so each replay draws
+    from it where the eager steps would have (CUDA graphs advance a registered generator's
+    offset by the captured steps' increments), and the warm-up before the capture puts the
+    generator's state back. A text shorter than CHARS, and the remainder of a call, run eagerly.
+    Non-finite logits raise once the replays of a call are done, as pick() would have raised.
+    If the capture fails (a torch or driver that refuses it), this falls back to the fused
+    op's loop with a warning.
+    """
+
+    CHARS = 16
+
+    def __init__(self):
+        self.replay = None  # the captured graph's replay
+        self.failed = False
+
+    @torch.no_grad()
+    def __call__(self, model, logits, state, n: int, temperature: float, top_k: int | None,
+                 gen: torch.Generator):
+        whole = n // self.CHARS
+        if whole and self.replay is None and not self.failed:
+            self._capture(model, logits, state, temperature, top_k, gen)
+        if self.failed:
+            return fused_steps(model, logits, state, n, temperature, top_k, gen)
+        pieces = []
+        if whole:
+            self.logits.copy_(logits)
+            self.state.copy_(state)
+            for _ in range(whole):
+                self.replay()
+                pieces.append(self.ids.clone())
+            if temperature > 0 and bool(self.nonfinite):
+                # the fused op's words and type
+                raise RuntimeError("charrnn: decode: the logits are not finite, so no character can be drawn")
+            logits, state = self.logits.clone(), self.state.clone()
+        if n % self.CHARS:
+            ids, state, logits = python_steps(model_step(model), logits, state, n % self.CHARS,
+                                              temperature, top_k, gen)
+            pieces.append(ids)
+        return torch.cat(pieces, 1), state, logits
+
+    def _capture(self, model, logits, state, temperature, top_k, gen):
+        step, device = model_step(model), logits.device
+        self.logits, self.state = logits.clone(), state.clone()  # the graph's inputs and outputs
+        self.ids = torch.empty(logits.size(0), self.CHARS, dtype=torch.long, device=device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+
+        def chars():
+            logits, state = self.logits, self.state
+            for k in range(self.CHARS):
+                if temperature > 0:
+                    self.nonfinite.logical_or_(~torch.isfinite(logits).all())
+                nxt = draw(logits, temperature, top_k, gen)
+                self.ids[:, k].copy_(nxt)
+                logits, state = step(nxt, state)
+            self.logits.copy_(logits)
+            self.state.copy_(state)
+
+        rng = gen.get_state()
+        try:
+            self.replay = self._record(chars, gen, device)
+        except RuntimeError as e:
+            warnings.warn(f"charrnn: the CUDA graph of the decode step could not be captured ({e}); "
+                          "generating through the fused op's loop instead", RuntimeWarning, stacklevel=3)
+            self.failed = True
+        gen.set_state(rng)  # the warm-up's draws are not the text's
+        self.nonfinite.zero_()
+
+    @staticmethod
+    def _record(chars, gen: torch.Generator, device) -> callable:
+        """chars() warmed up on a side stream (lazy initialisation must not happen inside a
+        capture), then captured; returns the graph's replay."""
+        entry_stream = torch.cuda.current_stream(device)
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(entry_stream)
+            with torch.cuda.stream(side):
+                chars()
+            entry_stream.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            graph.register_generator_state(gen)  # before the capture begins
+            with torch.cuda.graph(graph):
+                chars()
+        finally:
+            torch.cuda.set_stream(entry_stream)  # a failed capture can leave its stream current
+        return graph.replay
 
 
 def sample_checkpoint(path, device="cpu", stream=None, **kw) -> list[str]:

@@ -145,6 +145,86 @@ def python_loop(model, *args):
     return sample_mod.python_steps(sample_mod.model_step(model), *args)
 
 
+@pytest.mark.parametrize("device", devices)
+def test_draw_is_picks_draw(device):
+    # The CUDA graph's draw (no host-side checks) takes multinomial's ids and random numbers.
+    for dtype, vocab_size, samples in ((torch.float32, 65, 8), (torch.float64, 3, 1), (torch.float32, 200, 33)):
+        for temperature, top_k in DRAWS:
+            for seed in range(4):
+                logits = 3 * torch.randn(samples, vocab_size, dtype=dtype, device=device,
+                                         generator=torch.Generator(device=device).manual_seed(seed))
+                gens = [torch.Generator(device=device).manual_seed(seed) for _ in range(2)]
+                assert torch.equal(sample_mod.pick(logits, temperature, top_k, gens[0]),
+                                   sample_mod.draw(logits, temperature, top_k, gens[1]))
+                assert torch.equal(gens[0].get_state(), gens[1].get_state())
+
+
+# CUDAGraphSteps with a real capture on a GPU, and "emulated": the capture replaced by running the
+# captured characters eagerly, which checks its buffers, replays and remainders on the CPU (the
+# capture itself, the generator's registration and the warm-up need a GPU).
+GRAPH_MODES = ["emulated"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def graph_device(mode, monkeypatch):
+    if mode == "emulated":
+        monkeypatch.setattr(sample_mod.CUDAGraphSteps, "_record", staticmethod(lambda chars, gen, device: chars))
+        return "cpu"
+    return "cuda"
+
+
+@pytest.mark.parametrize("vocab_size, hidden, layers, embedding, dtype, samples", CASES)
+@pytest.mark.parametrize("mode", GRAPH_MODES)
+def test_cuda_graph_steps_are_the_python_loops_steps(vocab_size, hidden, layers, embedding, dtype, samples,
+                                                      mode, monkeypatch):
+    device = graph_device(mode, monkeypatch)
+    vocab = vocab_of(vocab_size)
+    model = random_model(vocab, hidden=hidden, layers=layers, embedding=embedding, dtype=dtype, device=device)
+    logits, state = model(torch.zeros(samples, 1, dtype=torch.long, device=device))
+    for temperature, top_k in DRAWS:
+        # shorter than a replay, one replay, then replays and a remainder; each call continues
+        # where the one before stopped, as generate()'s streamed chunks do
+        for lengths in ((5, 16), (16, 16), (40, 33)):
+            graphed, python = sample_mod.CUDAGraphSteps(), []
+            g = [torch.Generator(device=device).manual_seed(7) for _ in range(2)]
+            runs = [(logits[:, -1], state), (logits[:, -1], state)]
+            for n in lengths:
+                a = graphed(model, runs[0][0], runs[0][1], n, temperature, top_k, g[0])
+                b = python_loop(model, runs[1][0], runs[1][1], n, temperature, top_k, g[1])
+                for got, want in zip(a, b):  # ids, state, logits
+                    assert torch.equal(got, want), (temperature, top_k, lengths)
+                runs = [(a[2], a[1]), (b[2], b[1])]
+            assert torch.equal(g[0].get_state(), g[1].get_state())
+            assert not graphed.failed and (graphed.replay is not None) == (max(lengths) >= graphed.CHARS)
+
+
+def test_cuda_graph_steps_fall_back_to_the_fused_loop_when_the_capture_fails(monkeypatch):
+    def refuse(chars, gen, device):
+        chars()  # the warm-up ran (and drew) before the capture failed
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(sample_mod.CUDAGraphSteps, "_record", staticmethod(refuse))
+    vocab = vocab_of(9)
+    model = random_model(vocab, hidden=13)
+    logits, state = model(torch.zeros(3, 1, dtype=torch.long))
+    g = [torch.Generator().manual_seed(5) for _ in range(2)]
+    graphed = sample_mod.CUDAGraphSteps()
+    with pytest.warns(RuntimeWarning, match="could not be captured.*fused op's loop"):
+        a = graphed(model, logits[:, -1], state, 40, 1.0, None, g[0])
+    b = python_loop(model, logits[:, -1], state, 40, 1.0, None, g[1])
+    assert graphed.failed and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_cuda_graph_steps_refuse_non_finite_logits(monkeypatch):
+    device = graph_device("emulated", monkeypatch)
+    vocab = vocab_of(9)
+    model = random_model(vocab, hidden=13, device=device)
+    with torch.no_grad():
+        model.head.bias[2] = float("nan")
+    logits, state = model(torch.zeros(2, 1, dtype=torch.long, device=device))
+    gen = torch.Generator(device=device).manual_seed(0)
+    with pytest.raises(RuntimeError, match="logits are not finite"):
+        sample_mod.CUDAGraphSteps()(model, logits[:, -1], state, 32, 1.0, None, gen)
+
+
 def test_fused_decode_follows_the_float64_reference():
     # The state after the drawn ids is the reference recurrence over them (teacher forcing).
     vocab = vocab_of(12)
