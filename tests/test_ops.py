@@ -180,14 +180,14 @@ def thread_case_grads(shape, threads):
 
 @pytest.mark.parametrize("backward", ["auto", "overlap", "serial"])
 @pytest.mark.parametrize("threads", [1, 2, 3, 4, 8])
-@pytest.mark.parametrize("shape", [(150, 8, 7, 163), (70, 1, 3, 29), (5, 200, 9, 11), (40, 16, 5, 160)],
-                         ids=shape_id)
+@pytest.mark.parametrize("shape", [(150, 8, 7, 163), (70, 1, 3, 29), (5, 200, 9, 11), (40, 16, 5, 160),
+                                   (70, 64, 5, 30)], ids=shape_id)
 def test_cpu_thread_paths_match_reference(threads, shape, backward, monkeypatch):
     """The CPU backward either sweeps on up to half the threads while the others compute the
     window GEMMs of finished chunks of steps (the first chunk holding h0's step), or sweeps on
-    all threads and then runs the GEMMs (as on one thread); auto picks by the shape (the first
+    all threads and then runs the GEMMs (as on one thread); auto picks by the shape (the last
     shape overlaps), CHARRNN_CPU_BACKWARD forces one. Steps of B*H*H >= 2**18 multiply-adds (the
-    last shape) are split across a team of sweeping threads, and across threads in the forward.
+    fourth shape) are split across a team of sweeping threads, and across threads in the forward.
     Every thread count and order gives the reference."""
     monkeypatch.setenv("CHARRNN_CPU_BACKWARD", backward)
     (out, h_n, grads), (ref_out, ref_h_n, ref_grads) = thread_case_grads(shape, threads)

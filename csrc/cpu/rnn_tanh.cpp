@@ -134,9 +134,11 @@ int64_t row_groups(int64_t B, int64_t H, int64_t elem_size) {
 // with every thread first and then runs the products as whole-window GEMMs on all of them. The
 // overlap leaves the sweep to half the threads (one, on two cores), each streaming its blocks of
 // w_hh at every step, and the product members idle until the first chunk of steps is final. On
-// two cores it measured faster (1.2x) only while w_hh fits well inside a core's L2 (256 KB:
-// H = 256 in float32) and the first chunk comes early in the window; at H = 512 the serial order
-// took 0.6-0.95x the overlap's time (B = 1 to 32) and the default model's training step 0.93-0.98x.
+// two cores it measured faster (1.15-1.24x at H = 128, B = 64 and 128) only while w_hh fits well
+// inside a core's L2 (256 KB: H = 256 in float32) and the first chunk is at most an eighth of the
+// window (B >= 64 at T = 100; at B = 16 or 32 the two were even, 0.93-1.04x); at H = 512 the
+// serial order took 0.6-0.95x the overlap's time (B = 1 to 32) and the default model's training
+// step 0.93-0.98x.
 // CHARRNN_CPU_BACKWARD=overlap|serial forces one (for benchmarks that compare them).
 constexpr int64_t kOverlapMaxWeightBytes = 256 << 10;
 
@@ -147,7 +149,7 @@ bool backward_overlaps(int64_t T, int64_t B, int64_t H, int64_t elem_size) {
                     "charrnn: CHARRNN_CPU_BACKWARD must be auto, overlap or serial, got '", mode, "'");
   if (mode != "auto" && !mode.empty()) return mode == "overlap";
   const int64_t first_chunk = std::min(T, (kProductChunkRows + B - 1) / B);
-  return H * H * elem_size <= kOverlapMaxWeightBytes && 2 * first_chunk <= T;
+  return H * H * elem_size <= kOverlapMaxWeightBytes && 8 * first_chunk <= T;
 }
 
 // Elements of a packed [K, N] matrix: whole panels of kPackedLinearAlign columns, whatever this
