@@ -22,7 +22,7 @@ class ModelConfig:
     hidden_size: int = option(512, "hidden units per layer", minimum=1)
     num_layers: int = option(2, "recurrent layers", minimum=1)
     embedding_size: int = option(64, "character embedding size; 0 for one-hot input", minimum=0)
-    dropout: float = option(0.2, "dropout between layers and before the softmax head", minimum=0.0, below=1.0)
+    dropout: float = option(0.1, "dropout between layers and before the softmax head", minimum=0.0, below=1.0)
 
     def __post_init__(self):
         if self.vocab_size < 1:

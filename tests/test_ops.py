@@ -223,6 +223,33 @@ def test_cpu_forward_splits_give_the_same_floats(shape, monkeypatch):
             assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("shape", [(20, 32, 7, 100), (20, 9, 5, 40), (6, 32, 4, 600)], ids=shape_id)
+def test_cpu_backward_splits_give_the_same_floats(shape, monkeypatch):
+    """The serial backward's sweep is split by batch rows or by hidden units like the forward's,
+    each element in the same order, so at a thread count all gradients are equal bit for bit
+    whichever split runs (float32, dropout on)."""
+    T, B, E, H = shape
+    inputs = [t.detach().float() for t in make_inputs(T, B, E, H)]
+    output, _, _ = torch.ops.charrnn.rnn_tanh_forward(*inputs, 0.3, 5)
+    g = torch.Generator().manual_seed(1)
+    grad_output, grad_h_n = torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g)
+    x, h0, w_ih, w_hh = inputs[:4]
+    monkeypatch.setenv("CHARRNN_CPU_BACKWARD", "serial")
+    old = torch.get_num_threads()
+    try:
+        for threads in (2, 3, 4):
+            torch.set_num_threads(threads)
+            runs = []
+            for split in ("rows", "units"):
+                monkeypatch.setenv("CHARRNN_CPU_SWEEP", split)
+                runs.append(torch.ops.charrnn.rnn_tanh_backward(grad_output, grad_h_n, x, h0, w_ih, w_hh,
+                                                                output, [True] * 5, 0.3, 5))
+            for got, want in zip(*runs):
+                assert torch.equal(got, want), threads
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_cpu_sweep_knob_refuses_unknown_values(monkeypatch):
     monkeypatch.setenv("CHARRNN_CPU_SWEEP", "diagonal")
     with pytest.raises(ValueError, match="CHARRNN_CPU_SWEEP must be auto, rows or units, got 'diagonal'"):

@@ -117,6 +117,7 @@ std::vector<StepBlock> step_blocks(int64_t B, int64_t H, int64_t panel, int64_t 
 constexpr int64_t kRowGroupMinRows = 4;
 constexpr int64_t kRowGroupMaxWeightBytes = 1 << 20;
 
+// The backward's serial order (backward_overlaps) splits its sweep the same way.
 // CHARRNN_CPU_SWEEP=rows|units forces a split (for benchmarks that compare them in one process).
 int64_t row_groups(int64_t B, int64_t H, int64_t elem_size) {
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
@@ -293,10 +294,8 @@ template <typename scalar_t>
 class BackwardSweep {
  public:
   BackwardSweep(at::Tensor& a, const at::Tensor& grad_h_n, const at::Tensor& output,
-                const at::Tensor& w_hh, at::Tensor dh0, const WindowProducts& products,
-                int64_t sweep_members)
-      : a_(a), grad_h_n_(grad_h_n), output_(output), w_hh_(w_hh), dh0_(std::move(dh0)),
-        products_(products), T_(a.size(0)), B_(a.size(1)), H_(a.size(2)),
+                const at::Tensor& w_hh, const WindowProducts& products, int64_t sweep_members)
+      : a_(a), grad_h_n_(grad_h_n), output_(output), products_(products), T_(a.size(0)), B_(a.size(1)), H_(a.size(2)),
         packed_(packed<scalar_t>(w_hh, /*transposed=*/false)),
         blocks_(step_blocks(B_, H_, cpu::step_kernels<scalar_t>().panel, sweep_members, H_)),
         chunk_(std::clamp<int64_t>((kProductChunkRows + B_ - 1) / B_, 1, T_)) {}
@@ -353,7 +352,6 @@ class BackwardSweep {
       if (nb > 1) publish(steps_done_, k + 1);
       else steps_done_.store(k + 1, std::memory_order_relaxed);  // read by this member alone
       if ((k + 1) % chunk_ == 0 || t == 0) publish(steps_final_, k + 1);
-      if (t == 0 && dh0_.defined()) at::mm_out(dh0_, a_[0], w_hh_);
       if (t == 0 && tail_steps_ > 0) tail_(0, tail_steps_, 0, 1);
     }
   }
@@ -394,8 +392,7 @@ class BackwardSweep {
   }
 
   at::Tensor& a_;
-  const at::Tensor &grad_h_n_, &output_, &w_hh_;
-  at::Tensor dh0_;
+  const at::Tensor &grad_h_n_, &output_;
   const WindowProducts& products_;
   const int64_t T_, B_, H_;
   const at::Tensor packed_;
@@ -408,6 +405,36 @@ class BackwardSweep {
   std::atomic<int64_t> steps_final_{0};  // the same, published per chunk for the products
   std::atomic<bool> failed_{false};
 };
+
+// The serial order's sweep split by batch rows (row_groups): each thread carries its rows from
+// step T-1 down to 0 with no barrier between steps (a barrier per step waits on the slowest
+// thread of every step, which on a shared machine made the split by hidden units the most
+// variable part of the backward). Every element is computed in the same order as in that split.
+template <typename scalar_t>
+void backward_row_sweep(at::Tensor& a, const at::Tensor& grad_h_n, const at::Tensor& output,
+                        const at::Tensor& w_hh, int64_t groups) {
+  const int64_t T = a.size(0), B = a.size(1), H = a.size(2), step = B * H;
+  const auto& kernels = cpu::step_kernels<scalar_t>();
+  const at::Tensor packed_w = packed<scalar_t>(w_hh, /*transposed=*/false);
+  const int64_t panels = (H + kernels.panel - 1) / kernels.panel;
+  scalar_t* a_data = a.data_ptr<scalar_t>();
+  const scalar_t* h = output.const_data_ptr<scalar_t>();
+  const scalar_t* g_n = grad_h_n.const_data_ptr<scalar_t>();
+  const scalar_t* w = packed_w.const_data_ptr<scalar_t>();
+  const CallerFpMode fp_mode;
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    const auto fp_scope = fp_mode.apply();
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t r0 = B * g / groups, rows = B * (g + 1) / groups - r0;
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t first = t * step + r0 * H;  // of the group's first element
+        const bool last = t + 1 == T;
+        kernels.backward(a_data + first, last ? g_n + r0 * H : nullptr, h + first,
+                         last ? nullptr : a_data + first + step, w, rows, H, H, H, 0, panels);
+      }
+    }
+  });
+}
 
 }  // namespace
 
@@ -530,15 +557,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
 
   // Threads: with the overlap up to half sweep (as many as a step is worth, see
   // kSerialStepWork) and the rest compute the products of finished chunks meanwhile; without
-  // it (and on one thread) all sweep, then the products follow as whole-window GEMMs.
+  // it (and on one thread) all sweep, split by rows where the forward would be, then the
+  // products follow as whole-window GEMMs.
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   const bool overlap = backward_overlaps(T, B, H, static_cast<int64_t>(x.element_size())) &&
                        products.any() && threads > 1;
   const int64_t most_sweeping = overlap ? std::max<int64_t>(1, threads / 2) : threads;
+  const int64_t groups = overlap ? 1 : row_groups(B, H, static_cast<int64_t>(x.element_size()));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_tanh_backward_cpu", [&] {
-    BackwardSweep<scalar_t> sweep(a, grad_h_n, output, w_hh, dh0, products, most_sweeping);
+    if (groups > 1) {
+      backward_row_sweep<scalar_t>(a, grad_h_n, output, w_hh, groups);
+      return;
+    }
+    BackwardSweep<scalar_t> sweep(a, grad_h_n, output, w_hh, products, most_sweeping);
     sweep.run(overlap ? threads - sweep.sweep_members() : 0);
   });
+  // After the sweep on every path (outside its parallel region, where BLAS may thread), so that
+  // dh0 does not depend on how the sweep was split.
+  if (want_dh0) at::mm_out(dh0, a[0], w_hh);
   if (products.any() && !overlap) products(0, T, 0, 1);
   return {products.dx, dh0, products.dw_ih, products.dw_hh, products.db};
 }
