@@ -184,7 +184,7 @@ def test_cuda_graph_steps_are_the_python_loops_steps(vocab_size, hidden, layers,
         # shorter than a replay, one replay, then replays and a remainder; each call continues
         # where the one before stopped, as generate()'s streamed chunks do
         for lengths in ((5, 16), (16, 16), (40, 33)):
-            graphed, python = sample_mod.CUDAGraphSteps(), []
+            graphed = sample_mod.CUDAGraphSteps()
             g = [torch.Generator(device=device).manual_seed(7) for _ in range(2)]
             runs = [(logits[:, -1], state), (logits[:, -1], state)]
             for n in lengths:

@@ -35,6 +35,10 @@ constexpr int64_t kSerialStepWork = 1 << 17;
 // enough for the GEMMs to run near their full rate.
 constexpr int64_t kProductChunkRows = 512;
 
+int64_t product_chunk_steps(int64_t T, int64_t B) {
+  return std::clamp<int64_t>((kProductChunkRows + B - 1) / B, 1, T);
+}
+
 // How long a thread spins before it sleeps while waiting on another: a step takes
 // microseconds, a sleep and wake-up tens of them.
 constexpr int kSpins = 2000;
@@ -117,18 +121,36 @@ std::vector<StepBlock> step_blocks(int64_t B, int64_t H, int64_t panel, int64_t 
 constexpr int64_t kRowGroupMinRows = 4;
 constexpr int64_t kRowGroupMaxWeightBytes = 1 << 20;
 
+// A benchmark's knob, read per call: the environment variable `name` set to `a` or `b` forces
+// that choice; unset, empty or "auto" leaves it to the shapes. Returns the value ("auto" if none).
+std::string forced_choice(const char* name, const char* a, const char* b) {
+  const char* value = std::getenv(name);
+  const std::string choice = value == nullptr || *value == '\0' ? "auto" : value;
+  TORCH_CHECK_VALUE(choice == "auto" || choice == a || choice == b, "charrnn: ", name,
+                    " must be auto, ", a, " or ", b, ", got '", choice, "'");
+  return choice;
+}
+
 // The backward's serial order (backward_overlaps) splits its sweep the same way.
 // CHARRNN_CPU_SWEEP=rows|units forces a split (for benchmarks that compare them in one process).
 int64_t row_groups(int64_t B, int64_t H, int64_t elem_size) {
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const char* forced = std::getenv("CHARRNN_CPU_SWEEP");
-  const std::string split = forced == nullptr ? "auto" : forced;
-  TORCH_CHECK_VALUE(split == "auto" || split == "rows" || split == "units" || split.empty(),
-                    "charrnn: CHARRNN_CPU_SWEEP must be auto, rows or units, got '", split, "'");
+  const std::string split = forced_choice("CHARRNN_CPU_SWEEP", "rows", "units");
   if (threads < 2 || split == "units") return 1;
   if (split == "rows") return std::min(threads, B);
   if (H * H * elem_size > kRowGroupMaxWeightBytes) return 1;
   return std::min(threads, B / kRowGroupMinRows);
+}
+
+// Runs fn(r0, rows) for each of `groups` groups of whole batch rows [r0, r0 + rows), a group
+// per thread, in the caller's floating-point mode.
+template <typename Fn>
+void for_each_row_group(int64_t B, int64_t groups, const Fn& fn) {
+  const CallerFpMode fp_mode;
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    const auto fp_scope = fp_mode.apply();
+    for (int64_t g = g0; g < g1; ++g) fn(B * g / groups, B * (g + 1) / groups - B * g / groups);
+  });
 }
 
 // Whether the backward overlaps the sweep with the window products (BackwardSweep) or sweeps
@@ -144,13 +166,9 @@ int64_t row_groups(int64_t B, int64_t H, int64_t elem_size) {
 constexpr int64_t kOverlapMaxWeightBytes = 256 << 10;
 
 bool backward_overlaps(int64_t T, int64_t B, int64_t H, int64_t elem_size) {
-  const char* forced = std::getenv("CHARRNN_CPU_BACKWARD");
-  const std::string mode = forced == nullptr ? "auto" : forced;
-  TORCH_CHECK_VALUE(mode == "auto" || mode == "overlap" || mode == "serial" || mode.empty(),
-                    "charrnn: CHARRNN_CPU_BACKWARD must be auto, overlap or serial, got '", mode, "'");
-  if (mode != "auto" && !mode.empty()) return mode == "overlap";
-  const int64_t first_chunk = std::min(T, (kProductChunkRows + B - 1) / B);
-  return H * H * elem_size <= kOverlapMaxWeightBytes && 8 * first_chunk <= T;
+  const std::string mode = forced_choice("CHARRNN_CPU_BACKWARD", "overlap", "serial");
+  if (mode != "auto") return mode == "overlap";
+  return H * H * elem_size <= kOverlapMaxWeightBytes && 8 * product_chunk_steps(T, B) <= T;
 }
 
 // Elements of a packed [K, N] matrix: whole panels of kPackedLinearAlign columns, whatever this
@@ -219,16 +237,12 @@ void forward_sweep(at::Tensor& output, const at::Tensor& h0, const at::Tensor& p
   const int64_t groups = row_groups(B, H, static_cast<int64_t>(sizeof(scalar_t)));
   if (groups > 1) {
     const int64_t panels = (H + kernels.panel - 1) / kernels.panel;
-    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-      const auto fp_scope = fp_mode.apply();
-      for (int64_t g = g0; g < g1; ++g) {
-        const int64_t r0 = B * g / groups, rows = B * (g + 1) / groups - r0;
-        for (int64_t t = 0; t < T; ++t) {
-          const int64_t first = t * step + r0 * H;  // of the group's first element
-          const scalar_t* prev = t == 0 ? h0.const_data_ptr<scalar_t>() + r0 * H : out + first - step;
-          kernels.forward(out + first, prev, w, rows, H, H, H, 0, panels);
-          if (dropped) dropout(dropped + first, out + first, rows, H, H, first, mask);
-        }
+    for_each_row_group(B, groups, [&](int64_t r0, int64_t rows) {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t first = t * step + r0 * H;  // of the group's first element
+        const scalar_t* prev = t == 0 ? h0.const_data_ptr<scalar_t>() + r0 * H : out + first - step;
+        kernels.forward(out + first, prev, w, rows, H, H, H, 0, panels);
+        if (dropped) dropout(dropped + first, out + first, rows, H, H, first, mask);
       }
     });
     return;
@@ -295,10 +309,11 @@ class BackwardSweep {
  public:
   BackwardSweep(at::Tensor& a, const at::Tensor& grad_h_n, const at::Tensor& output,
                 const at::Tensor& w_hh, const WindowProducts& products, int64_t sweep_members)
-      : a_(a), grad_h_n_(grad_h_n), output_(output), products_(products), T_(a.size(0)), B_(a.size(1)), H_(a.size(2)),
+      : a_(a), grad_h_n_(grad_h_n), output_(output), products_(products),
+        T_(a.size(0)), B_(a.size(1)), H_(a.size(2)),
         packed_(packed<scalar_t>(w_hh, /*transposed=*/false)),
         blocks_(step_blocks(B_, H_, cpu::step_kernels<scalar_t>().panel, sweep_members, H_)),
-        chunk_(std::clamp<int64_t>((kProductChunkRows + B_ - 1) / B_, 1, T_)) {}
+        chunk_(product_chunk_steps(T_, B_)) {}
 
   int64_t sweep_members() const { return static_cast<int64_t>(blocks_.size()); }
 
@@ -421,17 +436,12 @@ void backward_row_sweep(at::Tensor& a, const at::Tensor& grad_h_n, const at::Ten
   const scalar_t* h = output.const_data_ptr<scalar_t>();
   const scalar_t* g_n = grad_h_n.const_data_ptr<scalar_t>();
   const scalar_t* w = packed_w.const_data_ptr<scalar_t>();
-  const CallerFpMode fp_mode;
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    const auto fp_scope = fp_mode.apply();
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t r0 = B * g / groups, rows = B * (g + 1) / groups - r0;
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t first = t * step + r0 * H;  // of the group's first element
-        const bool last = t + 1 == T;
-        kernels.backward(a_data + first, last ? g_n + r0 * H : nullptr, h + first,
-                         last ? nullptr : a_data + first + step, w, rows, H, H, H, 0, panels);
-      }
+  for_each_row_group(B, groups, [&](int64_t r0, int64_t rows) {
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t first = t * step + r0 * H;  // of the group's first element
+      const bool last = t + 1 == T;
+      kernels.backward(a_data + first, last ? g_n + r0 * H : nullptr, h + first,
+                       last ? nullptr : a_data + first + step, w, rows, H, H, H, 0, panels);
     }
   });
 }
