@@ -30,6 +30,25 @@ constexpr int kRows = 6, kPanels = 4;
 constexpr int kRows = 4, kPanels = 3;
 #endif
 
+// tanh on the sweep's critical path. at::vec's (Sleef's, within 1 ulp) took about 80 cycles a
+// float32 vector: at H = 128 as long as the step's product itself. In float32 it is a rational
+// function instead, x P(x^2) / Q(x^2) of degrees 11 and 6, fitted for the least largest
+// relative error on [0, 8.5] (beyond, tanh is within an ulp of 1): about 4x faster, and at most
+// 6 ulp (3.8e-7) from tanh over every float32, |tanh| <= 1 kept; NaN stays NaN (at::vec::clamp
+// passes it through). float64, the reference dtype, keeps at::vec's.
+inline at::vec::Vectorized<double> tanh_of(const at::vec::Vectorized<double>& x) { return x.tanh(); }
+
+inline at::vec::Vectorized<float> tanh_of(const at::vec::Vectorized<float>& x_in) {
+  using Vec = at::vec::Vectorized<float>;
+  const Vec x = at::vec::clamp(x_in, Vec(-8.5f), Vec(8.5f)), s = x * x;
+  Vec p(2.0895669e-11f);
+  for (const float c : {-1.3790677e-08f, 9.599359e-06f, 0.0029568414f, 0.12952721f, 1.0f})
+    p = at::vec::fmadd(p, s, Vec(c));
+  Vec q(0.00023310306f);
+  for (const float c : {0.023910638f, 0.46286035f, 1.0f}) q = at::vec::fmadd(q, s, Vec(c));
+  return at::vec::clamp(x * p / q, Vec(-1.0f), Vec(1.0f));
+}
+
 // out = tanh(out + acc) on a tile's columns.
 template <typename scalar_t>
 struct TanhStep {
@@ -38,8 +57,8 @@ struct TanhStep {
   int64_t ld;
   void operator()(int64_t r, int64_t col, int64_t len, const Vec& acc) const {
     scalar_t* o = out + r * ld + col;
-    if (len == Vec::size()) (Vec::loadu(o) + acc).tanh().store(o);
-    else (Vec::loadu(o, len) + acc).tanh().store(o, len);
+    if (len == Vec::size()) tanh_of(Vec::loadu(o) + acc).store(o);
+    else tanh_of(Vec::loadu(o, len) + acc).store(o, len);
   }
 };
 
