@@ -105,7 +105,9 @@ class BuildExtension(cpp_extension.BuildExtension):
 # -fopenmp: at::parallel_for is a header template whose OpenMP pragmas are compiled into this
 # extension; without the flag every parallel_for here silently runs on one thread. No
 # instruction-set flags: only CAPABILITY_SOURCES get those.
-cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard: torch adds the one its headers need
+# C++20 named, not left to torch: the CPU kernels wait on std::atomic (C++20), and torch
+# before 2.13 would add -std=c++17. nvcc gets the standard torch picks.
+cxx_flags = ["-O3", "-fopenmp", "-std=c++20"]
 
 cuda_home = want_cuda()
 if cuda_home and CUDA_SOURCES:

@@ -25,10 +25,13 @@ import torch
 import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 
-import charrnn_ext
-from common import git_commit  # bench/ is on sys.path when run as a script
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import charrnn_ext  # noqa: E402
+from common import git_commit  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+RESULTS = HERE / "results"
 
 
 def step_loop(x, h, w_ih, w_hh, b_ih, b_hh):

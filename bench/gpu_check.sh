@@ -13,6 +13,10 @@
 #               installed first when expecttest is missing: for a machine without network
 #   OUT         where the logs and the benchmark's JSON go (default bench/results/gpu-check)
 #   QUICK=1     a smaller benchmark grid
+#   PREBUILT=1  keep an in-place build already there (charrnn_ext/_C*.so, built for sm_90 against
+#               this torch) if it imports with CUDA; otherwise build as usual
+#   TRAIN_SECONDS  seconds of `charrnn train --device cuda` per cell, rnn against rnn-torch
+#               (default 60; 0 skips it); needs tinyshakespeare.txt in CHARRNN_DATA_DIR
 #   DEADLINE    seconds for the whole script (default 420); each step gets at most what is left
 #   MAX_JOBS    parallel compile jobs (default: every core)
 set -uo pipefail
@@ -46,10 +50,14 @@ $PY -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cu
 
 step "build for sm_90 only"
 export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-$(nproc)} CHARRNN_CUDA=1
-rm -f charrnn_ext/_C*.so
-# In place: nothing to download and no install metadata needed; pip first, as users build.
-limited 200 $PY -m pip install -q --no-deps --no-build-isolation -e . \
-  || limited 120 $PY setup.py -q build_ext --inplace || { echo "BUILD FAILED"; exit 1; }
+if [ -n "${PREBUILT:-}" ] && $PY -c "import charrnn_ext, sys; sys.exit(not charrnn_ext.build_info()['cuda'])"; then
+  echo "using the in-place build already there"
+else
+  rm -f charrnn_ext/_C*.so
+  # In place: nothing to download and no install metadata needed; pip first, as users build.
+  limited 200 $PY -m pip install -q --no-deps --no-build-isolation -e . \
+    || limited 120 $PY setup.py -q build_ext --inplace || { echo "BUILD FAILED"; exit 1; }
+fi
 $PY -c "import charrnn_ext; print(charrnn_ext.build_info())" || { echo "IMPORT FAILED"; exit 1; }
 $PY - <<'EOF'
 import charrnn_ext
@@ -90,6 +98,23 @@ limited 90 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_nn.
 limited 60 $PY -m pytest -q -p no:cacheprovider tests/test_sample.py -k "cuda" \
   --junitxml="$OUT/junit-sample-cuda.xml" || status=1
 
+step "compute-sanitizer on one small case per path"
+# Only this package's kernels are instrumented (cuBLAS's are left alone), which keeps each run
+# to seconds. A path that hangs under the tool shows as the last one not marked finished.
+if command -v compute-sanitizer >/dev/null; then
+  filter=()
+  compute-sanitizer --help 2>/dev/null | grep -q -- "--kernel-name" && filter=(--kernel-name kns=charrnn)
+  for tool in memcheck racecheck; do
+    limited 90 compute-sanitizer --tool $tool "${filter[@]}" --error-exitcode 3 \
+      $PY bench/sanitize_sweeps.py block cluster steps grid
+    rc=$?
+    echo "compute-sanitizer --tool $tool: exit $rc"
+    (( rc != 0 )) && status=1
+  done
+else
+  echo "compute-sanitizer not found: skipped"; status=1
+fi
+
 step "kernel benchmark against cuDNN"
 limited 180 $PY bench/bench_kernels.py --device cuda ${QUICK:+--quick} "${skip_paths[@]}" \
   --out "$OUT/cuda-$(date +%F).json" || status=1
@@ -97,6 +122,13 @@ limited 180 $PY bench/bench_kernels.py --device cuda ${QUICK:+--quick} "${skip_p
 step "generation benchmark"
 limited 60 $PY bench/bench_sample.py --device cuda --samples 1,64 --rounds 2 --seconds 0.5 \
   --out "$OUT/sample-cuda-$(date +%F).json" || status=1
+
+TRAIN_SECONDS=${TRAIN_SECONDS:-60}
+if (( TRAIN_SECONDS > 0 )); then
+  step "charrnn train --device cuda, the default model, rnn against rnn-torch (cuDNN), ${TRAIN_SECONDS} s each"
+  limited $((2 * TRAIN_SECONDS + 90)) $PY bench/bench_train.py --device cuda --cells rnn,rnn-torch \
+    --time-limit "$TRAIN_SECONDS" --no-progress --out "$OUT/train-cuda-$(date +%F).json" || status=1
+fi
 
 step "done, status $status"
 exec >&- 2>&-  # let tee write the end of the log before the script returns
