@@ -203,15 +203,20 @@ def sweep_plan(B, H, path):
 
 def cuda_event_medians(runs, rounds):
     """Each call between two CUDA events, the competitors alternating round by round; the
-    time between the events includes any gaps where the GPU waits for the CPU to launch."""
+    time between the events includes any gaps where the GPU waits for the CPU to launch.
+    The order rotates every round, so that no competitor is always the one that starts on an
+    idle GPU after the round's synchronisation (in a first H200 run with a fixed order, the
+    fused op, always first, timed 0.3-0.8 ms slower than the same plan forced later in the round)."""
     for run in runs.values():  # warm-up: cuDNN plans, cuBLAS handles, allocator, module load
         for _ in range(3):
             run()
     torch.cuda.synchronize()
     samples = {name: [] for name in runs}
-    for _ in range(rounds):
+    names = list(runs)
+    for r in range(rounds):
         events = {}
-        for name, run in runs.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            run = runs[name]
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             run()

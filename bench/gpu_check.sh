@@ -15,6 +15,8 @@
 #   QUICK=1     a smaller benchmark grid
 #   PREBUILT=1  keep an in-place build already there (charrnn_ext/_C*.so, built for sm_90 against
 #               this torch) if it imports with CUDA; otherwise build as usual
+#   STEPS       which steps after the build to run (default: all of
+#               tests sanitizer bench profile sample train)
 #   TRAIN_SECONDS  seconds of `charrnn train --device cuda` per cell, rnn against rnn-torch
 #               (default 60; 0 skips it); needs tinyshakespeare.txt in CHARRNN_DATA_DIR
 #   DEADLINE    seconds for the whole script (default 420); each step gets at most what is left
@@ -29,6 +31,7 @@ PY=${PYTHON:-python3}
 status=0
 DEADLINE=${DEADLINE:-420}
 step() { echo; echo "== $* ($(date +%T), ${SECONDS}s in)"; }
+want() { [[ " ${STEPS:-tests sanitizer bench profile sample train} " == *" $1 "* ]]; }
 left() { local n=$((DEADLINE - SECONDS)); (( n < $1 )) && echo $((n > 10 ? n : 10)) || echo "$1"; }
 # Runs a command for at most $1 seconds, fewer if the deadline is nearer; SIGKILL 10 s after the
 # SIGTERM, should a process not die while it waits on the GPU. Exit 124 or 137 when stopped.
@@ -73,12 +76,13 @@ for H in (128, 256, 512, 1024):
         print(f"H={H} B={B}: " + " | ".join(f"{k}: {v}" for k, v in plans.items()))
 EOF
 
+hung=() skip_paths=()
+if want tests; then
 step "CUDA tests, each sweep path in its own process"
 # A sweep that never finishes (a barrier nobody reaches) takes its process with it. One pytest
 # per path, with a time limit, so a hang costs that path's limit, not the run; it is named,
 # and the benchmark leaves it out (auto too, at the sizes where auto picks it).
 paths="block cluster grid steps auto"
-hung=()
 for path in $paths; do
   limited 60 $PY -m pytest -q --maxfail=10 -p no:cacheprovider tests/test_cuda_ops.py -k "$path" \
     --junitxml="$OUT/junit-cuda-ops-$path.xml"
@@ -88,7 +92,6 @@ for path in $paths; do
 done
 limited 60 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_ops.py \
   -k "not (${paths// / or })" --junitxml="$OUT/junit-cuda-ops-other.xml" || status=1
-skip_paths=()
 (( ${#hung[@]} )) && skip_paths=(--skip-paths "$(IFS=,; echo "${hung[*]}")") && echo "the benchmark leaves out: ${hung[*]}"
 # torch.compile on CUDA compiles Triton kernels for minutes; its tests run on the CPU in CI.
 limited 90 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_nn.py tests/test_dropout.py \
@@ -97,7 +100,9 @@ limited 90 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_nn.
 # Generation: the CUDA graph of the decode steps and the decode op against the Python loop's text.
 limited 60 $PY -m pytest -q -p no:cacheprovider tests/test_sample.py -k "cuda" \
   --junitxml="$OUT/junit-sample-cuda.xml" || status=1
+fi
 
+if want sanitizer; then
 step "compute-sanitizer on one small case per path"
 # Only this package's kernels are instrumented (cuBLAS's are left alone), which keeps each run
 # to seconds. A path that hangs under the tool shows as the last one not marked finished.
@@ -114,17 +119,27 @@ if command -v compute-sanitizer >/dev/null; then
 else
   echo "compute-sanitizer not found: skipped"; status=1
 fi
+fi
 
+if want bench; then
 step "kernel benchmark against cuDNN"
 limited 180 $PY bench/bench_kernels.py --device cuda ${QUICK:+--quick} "${skip_paths[@]}" \
   --out "$OUT/cuda-$(date +%F).json" || status=1
+fi
 
+if want profile; then
+step "where the GPU time of one call goes (torch.profiler)"
+limited 60 $PY bench/profile_cuda_op.py --out "$OUT/profile-cuda-$(date +%F).json" || status=1
+fi
+
+if want sample; then
 step "generation benchmark"
 limited 60 $PY bench/bench_sample.py --device cuda --samples 1,64 --rounds 2 --seconds 0.5 \
   --out "$OUT/sample-cuda-$(date +%F).json" || status=1
+fi
 
 TRAIN_SECONDS=${TRAIN_SECONDS:-60}
-if (( TRAIN_SECONDS > 0 )); then
+if want train && (( TRAIN_SECONDS > 0 )); then
   step "charrnn train --device cuda, the default model, rnn against rnn-torch (cuDNN), ${TRAIN_SECONDS} s each"
   limited $((2 * TRAIN_SECONDS + 90)) $PY bench/bench_train.py --device cuda --cells rnn,rnn-torch \
     --time-limit "$TRAIN_SECONDS" --no-progress --out "$OUT/train-cuda-$(date +%F).json" || status=1

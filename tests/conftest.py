@@ -34,3 +34,14 @@ def _restore_flush_denormal():
     yield
     import torch
     torch.set_flush_denormal(False)
+
+
+@pytest.fixture(autouse=True)
+def _ieee_float32_on_gpu():
+    """On a GPU, cuDNN and cuBLAS would compute float32 in TF32 where allowed (cuDNN allows it by
+    default); every comparison here is against true float32 or float64."""
+    import torch
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -46,21 +46,12 @@ def sweep_path(monkeypatch, request):
     return request.param
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    """True float32 in cuDNN and in cuBLAS (ATen's GEMMs and the per-step path)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def forward_backward(inputs, seed=3, dropout=(0.0, 0)):
     """Output, h_n and every gradient; dropout: (p, the mask's seed)."""
     out, h_n = rnn_tanh(*inputs, dropout=dropout[0], seed=dropout[1])
-    g = torch.Generator().manual_seed(seed)
-    grad_out = torch.randn(out.shape, generator=g, dtype=out.dtype).to(out.device)
-    grad_h_n = torch.randn(h_n.shape, generator=g, dtype=out.dtype).to(out.device)
+    g = torch.Generator().manual_seed(seed)  # drawn in float64: the same numbers for every dtype
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
+    grad_h_n = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
     present = [t for t in inputs if t is not None]
     grads = torch.autograd.grad((out, h_n), present, (grad_out, grad_h_n))
     return [out, h_n, *grads]
@@ -101,24 +92,33 @@ def test_float64_matches_cpu_op(sweep_path, shape, layout):
 @pytest.mark.parametrize("sweep_path", PATHS, indirect=True)
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_float32_matches_cudnn(sweep_path, shape):
+    """The fused op in float32 is as accurate as cuDNN's nn.RNN in float32: both against the same
+    model in float64 (nn.RNN on the CPU), the fused op's largest error at most 3x cuDNN's plus a
+    float32-sized floor. (Compared directly, the two differ by up to ~1e-4 in weight gradients
+    summed over T*B rows: different summation orders, neither of them the truth.)"""
     T, B, E, H = shape
     skip_unless_runs(sweep_path, B, H, torch.float32)
     torch.manual_seed(7)
     ref = torch.nn.RNN(E, H, nonlinearity="tanh").cuda()
     fused = FusedRNN(E, H).cuda()
     fused.load_state_dict(ref.state_dict())
+    truth = torch.nn.RNN(E, H, nonlinearity="tanh").double()
+    truth.load_state_dict(ref.state_dict())
     x = torch.randn(T, B, E, device="cuda")
     h0 = 0.5 * torch.randn(1, B, H, device="cuda")
     results = []
-    for module in (fused, ref):
-        xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_()
+    for module, xi, hi in ((fused, x, h0), (ref, x, h0), (truth, x.cpu().double(), h0.cpu().double())):
+        xi, hi = xi.clone().requires_grad_(), hi.clone().requires_grad_()
         out, h_n = module(xi, hi)
         (out.square().mean() + h_n.sum()).backward()
-        results.append([out, h_n, xi.grad, hi.grad] + [p.grad for p in module.parameters()])
+        results.append([t.detach().cpu().double() for t in
+                        [out, h_n, xi.grad, hi.grad] + [p.grad for p in module.parameters()]])
     names = ["output", "h_n", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh"]
-    for name, got, want in zip(names, *results):
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4,
-                                   msg=lambda m, name=name: f"{name} against cuDNN: {m}")
+    for name, got, cudnn, want in zip(names, *results):
+        err, cudnn_err = ((t - want).abs().max().item() for t in (got, cudnn))
+        floor = 2e-6 * max(1.0, want.abs().max().item())
+        assert err <= 3 * cudnn_err + floor, (
+            f"{name}: max abs error {err:.3e} against float64, cuDNN's {cudnn_err:.3e}")
 
 
 @pytest.mark.parametrize("sweep_path", PATHS, indirect=True)

@@ -550,12 +550,15 @@ def test_matches_nn_rnn(device, dtype, shape, layout, bias):
     present = [a for a in args if a is not None]
     got = torch.autograd.grad((out, h_n), present, (grad_output, grad_h_n[0]))
 
-    torch.testing.assert_close(out, want_out)
-    torch.testing.assert_close(h_n, want_h_n[0])
-    torch.testing.assert_close(got[0], want[0], msg=lambda m: "dx: " + m)
-    torch.testing.assert_close(got[1], want[1][0], msg=lambda m: "dh0: " + m)
+    # cuDNN's float32 differs from the fused op's by up to ~6e-5 on these O(1) gradients
+    # (measured on an H200, TF32 off); test_cuda_ops checks both against float64.
+    close = {"atol": 1e-4, "rtol": 1e-4} if device == "cuda" and dtype == torch.float32 else {}
+    torch.testing.assert_close(out, want_out, **close)
+    torch.testing.assert_close(h_n, want_h_n[0], **close)
+    torch.testing.assert_close(got[0], want[0], **close, msg=lambda m: "dx: " + m)
+    torch.testing.assert_close(got[1], want[1][0], **close, msg=lambda m: "dh0: " + m)
     for name, a, b in zip(["w_ih", "w_hh", "b_ih", "b_hh"], got[2:], want[2:]):
-        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"d{name}: " + m)
+        torch.testing.assert_close(a, b, **close, msg=lambda m, name=name: f"d{name}: " + m)
 
 
 # --------------------------------------------------------------------------- gradcheck
@@ -773,7 +776,8 @@ BAD_FORWARD = [
 ]
 if torch.cuda.is_available():
     BAD_FORWARD += [
-        ("x-cuda", {"x": lambda t: t.cuda()}, ValueError, r"h0\b.*device.*cuda.*got cpu"),
+        # the CUDA kernel checks w_hh first (H comes from it)
+        ("x-cuda", {"x": lambda t: t.cuda()}, ValueError, r"w_hh must be on the device of x \(cuda:0\), got cpu"),
         ("w_hh-cuda", {"w_hh": lambda t: t.cuda()}, ValueError, r"w_hh\b.*device.*cpu.*got cuda"),
     ]
 

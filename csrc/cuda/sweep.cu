@@ -252,7 +252,9 @@ SweepPlan plan_sweep_typed(SweepPath requested, int B, int H, const char** why_n
   const Device dev(dev_index);
   Answer answer{SweepPlan{}, "unknown reason"};
   if (requested == SweepPath::kAuto) {
-    for (SweepPath path : {SweepPath::kBlock, SweepPath::kCluster, SweepPath::kGrid}) {
+    // Measured on an H200 (bench/results/cuda-2026-12-04*.json): wherever the grid path fits it
+    // was the fastest of the three, at every H and B of the grid; clusters next, then a block.
+    for (SweepPath path : {SweepPath::kGrid, SweepPath::kCluster, SweepPath::kBlock}) {
       SweepPlan plan;
       plan.path = path;
       const char* reason = "";
