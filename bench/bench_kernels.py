@@ -13,9 +13,11 @@ on, the per-step loop, and the fused op on each sweep path it can run (CHARRNN_C
 """
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -204,18 +206,24 @@ def sweep_plan(B, H, path):
 def cuda_event_medians(runs, rounds):
     """Each call between two CUDA events, the competitors alternating round by round; the
     time between the events includes any gaps where the GPU waits for the CPU to launch.
-    The order rotates every round, so that no competitor is always the one that starts on an
-    idle GPU after the round's synchronisation (in a first H200 run with a fixed order, the
-    fused op, always first, timed 0.3-0.8 ms slower than the same plan forced later in the round)."""
+    Each round runs the competitors in a fresh random order with the garbage collector off (it
+    collects between rounds), as timeit does. In the first H200 runs, with a fixed cyclic order,
+    the fused op, which always came right after the per-step loop (and the ~2,000 autograd
+    objects it leaves behind), timed 0.6-0.9 ms slower than the same kernels timed elsewhere in
+    the round; the cause was not established."""
     for run in runs.values():  # warm-up: cuDNN plans, cuBLAS handles, allocator, module load
         for _ in range(3):
             run()
     torch.cuda.synchronize()
     samples = {name: [] for name in runs}
-    names = list(runs)
-    for r in range(rounds):
+    order = random.Random(0)
+    for _ in range(rounds):
         events = {}
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        names = list(runs)
+        order.shuffle(names)
+        gc.collect()
+        gc.disable()
+        for name in names:
             run = runs[name]
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -223,6 +231,7 @@ def cuda_event_medians(runs, rounds):
             end.record()
             events[name] = (start, end)
         torch.cuda.synchronize()
+        gc.enable()
         for name, (start, end) in events.items():
             samples[name].append(start.elapsed_time(end) / 1e3)
     return {name: statistics.median(s) for name, s in samples.items()}
@@ -274,11 +283,13 @@ def run_cuda(args, save):
         skip_auto = "auto" in args.skip_paths or auto_plan["path"] in args.skip_paths
         impls = {} if skip_auto else {"fused": base["fused"]}
         plans = {path: sweep_plan(B, H, path) for path in SWEEP_PATHS if path not in args.skip_paths}
-        impls.update({f"fused:{path}": with_sweep_path(base["fused"], path)
-                      for path, plan in plans.items() if plan is not None})
         impls.update({"cuDNN": base["nn.RNN"], "cuDNN-tf32": with_cudnn_tf32(base["nn.RNN"]),
                       "step-loop": base["step-loop"]})
-        med = cuda_event_medians({name: fwd_bwd(fn) for name, fn in impls.items()}, rounds)
+        runs = {name: fwd_bwd(fn) for name, fn in impls.items()}
+        # The path is forced around the whole forward+backward: the backward reads it too.
+        runs.update({f"fused:{path}": with_sweep_path(fwd_bwd(base["fused"]), path)
+                     for path, plan in plans.items() if plan is not None})
+        med = cuda_event_medians(runs, rounds)
         mem = peak_memory(T, B, E, H, "cuda")
         flops = 6 * T * B * (H * H + E * H)
         over_fused = lambda name: None if skip_auto else med[name] / med["fused"]

@@ -75,12 +75,12 @@ def main():
     for size in args.sizes.split(","):
         B, H = map(int, size.split("x"))
         impls = make_impls(T, B, E, H, "cuda")
-        runs = {f"fused:{path}": with_sweep_path(impls["fused"], path)
-                for path in ("grid", "cluster", "block", "steps")
-                if path == "steps" or sweep_plan(B, H, path) is not None}
-        runs["cuDNN"] = impls["nn.RNN"]
-        for name, fn in runs.items():
-            wall, totals, kernels = profile(fwd_bwd(fn), args.calls)
+        runs = {"cuDNN": fwd_bwd(impls["nn.RNN"])}
+        runs.update({f"fused:{path}": with_sweep_path(fwd_bwd(impls["fused"]), path)
+                     for path in ("grid", "cluster", "block", "steps")
+                     if path == "steps" or sweep_plan(B, H, path) is not None})
+        for name, run in runs.items():
+            wall, totals, kernels = profile(run, args.calls)
             gpu = sum(totals.values())
             per_step = totals["sweep"] / (2 * T) if name.startswith("fused") else None
             rows.append(dict(B=B, H=H, T=T, impl=name, wall_us=wall, gpu_us=gpu, kernels_us=kernels,

@@ -1,5 +1,7 @@
 """FusedRNN against torch.nn.RNN(nonlinearity="tanh"): same constructor, parameters, state dicts,
 outputs, final states and gradients."""
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -36,17 +38,20 @@ def run_and_grad(module, x, hx, grad_out, grad_h_n):
 
 def assert_same_run(fused, ref, x, hx, **close):
     # random upstream gradients for both outputs, scaled as for a window-averaged loss
+    # cuDNN's nn.RNN takes only a contiguous hx, and has no backward in eval mode (the native
+    # CUDA kernels have one; flags() would turn TF32 back on unless told otherwise)
+    ref_hx = None if hx is None else hx.contiguous()
+    ref_flags = (contextlib.nullcontext() if ref.training or not x.is_cuda
+                 else torch.backends.cudnn.flags(enabled=False, allow_tf32=False))
     g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        out_shape, h_shape = (t.shape for t in (ref(x) if hx is None else ref(x, hx)))
+    with torch.no_grad(), ref_flags:
+        out_shape, h_shape = (t.shape for t in (ref(x) if hx is None else ref(x, ref_hx)))
     grad_out = torch.randn(out_shape, generator=g, dtype=torch.float64).to(x.device, x.dtype)
     grad_out /= grad_out[..., 0].numel() ** 0.5
     grad_h_n = torch.randn(h_shape, generator=g, dtype=torch.float64).to(x.device, x.dtype)
     out_f, h_f, g_f = run_and_grad(fused, x, hx, grad_out, grad_h_n)
-    # cuDNN's nn.RNN takes only a contiguous hx, and has no backward in eval mode (the native
-    # CUDA kernels do)
-    with torch.backends.cudnn.flags(enabled=ref.training):
-        out_r, h_r, g_r = run_and_grad(ref, x, None if hx is None else hx.contiguous(), grad_out, grad_h_n)
+    with ref_flags:
+        out_r, h_r, g_r = run_and_grad(ref, x, ref_hx, grad_out, grad_h_n)
     if x.is_cuda and x.dtype == torch.float32:
         # cuDNN's float32 gradients differ from the fused op's by up to ~6e-5 on these O(1)
         # values (measured on an H200, TF32 off); test_cuda_ops checks both against float64
