@@ -39,8 +39,9 @@ PackedLayer pack_layer_cpu(const at::Tensor& w_ih,                   // [H, E]
                            const std::optional<at::Tensor>& b_hh);   // [H] or None
 
 // rnn_tanh_forward_cpu on checked arguments and a packed layer: the same kernels, so the same
-// floats. Returns (output, h_n, dropped).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_packed_cpu(
+// floats. Returns (output, dropped); h_n is output's last step, which the caller copies if it
+// needs a tensor of its own (the decode does not).
+std::tuple<at::Tensor, at::Tensor> rnn_tanh_output_packed_cpu(
     const at::Tensor& x,          // [T, B, E] contiguous
     const at::Tensor& h0,         // [B, H] contiguous
     const PackedLayer& layer,

@@ -25,9 +25,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_decode_cpu(
   for (size_t l = 0; l < w_hh.size(); ++l)
     layers.push_back(pack_layer_cpu(w_ih[l], w_hh[l], b_ih.get(l), b_hh.get(l)));
   const LayerStep layer_step = [&](int64_t l, const at::Tensor& x, const at::Tensor& h) {
-    auto [output, h_n, dropped] = rnn_tanh_forward_packed_cpu(x.contiguous(), h.contiguous(),
-                                                              layers[l], /*dropout=*/0.0, /*seed=*/0);
-    return std::tuple<at::Tensor, at::Tensor>{output, h_n};
+    auto [output, dropped] = rnn_tanh_output_packed_cpu(x.contiguous(), h.contiguous(), layers[l],
+                                                        /*dropout=*/0.0, /*seed=*/0);
+    return std::tuple<at::Tensor, at::Tensor>{output, output.select(0, 0)};  // T = 1: h_n is h_1
   };
   return decode_loop(logits, h0, model, layer_step, steps, temperature, top_k, generator);
 }

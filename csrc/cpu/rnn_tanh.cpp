@@ -462,7 +462,7 @@ PackedLayer pack_layer_cpu(const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
   return layer;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_packed_cpu(
+std::tuple<at::Tensor, at::Tensor> rnn_tanh_output_packed_cpu(
     const at::Tensor& x, const at::Tensor& h0, const PackedLayer& layer, double dropout,
     int64_t seed) {
   const int64_t T = x.size(0), B = x.size(1), H = h0.size(1);
@@ -475,7 +475,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_packed_cpu(
                             dropout > 0 ? dropped.data_ptr<scalar_t>() : nullptr,
                             make_dropout_mask(dropout, seed));
   });
-  return {output, output[T - 1].clone(), dropped};
+  return {output, dropped};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
@@ -484,8 +484,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_tanh_forward_cpu(
     int64_t seed) {
   check_forward_args(x, h0, w_ih, w_hh, b_ih, b_hh);
   check_dropout(dropout);
-  return rnn_tanh_forward_packed_cpu(x.contiguous(), h0.contiguous(),
-                                     pack_layer_cpu(w_ih, w_hh, b_ih, b_hh), dropout, seed);
+  auto [output, dropped] = rnn_tanh_output_packed_cpu(
+      x.contiguous(), h0.contiguous(), pack_layer_cpu(w_ih, w_hh, b_ih, b_hh), dropout, seed);
+  return {output, output[x.size(0) - 1].clone(), dropped};
 }
 
 at::Tensor pack_linear_cpu(const at::Tensor& weight) {
