@@ -176,17 +176,7 @@ SWEEP_PATHS = ["block", "cluster", "grid", "steps"]
 
 
 def with_sweep_path(fn, path):
-    def run():
-        saved = os.environ.get("CHARRNN_CUDA_SWEEP")
-        os.environ["CHARRNN_CUDA_SWEEP"] = path
-        try:
-            return fn()
-        finally:
-            if saved is None:
-                del os.environ["CHARRNN_CUDA_SWEEP"]
-            else:
-                os.environ["CHARRNN_CUDA_SWEEP"] = saved
-    return run
+    return lambda: with_env("CHARRNN_CUDA_SWEEP", path, fn)
 
 
 def with_cudnn_tf32(fn):

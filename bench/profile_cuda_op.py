@@ -11,7 +11,6 @@ bound by the host's launches, not by the GPU.
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-import charrnn_ext  # noqa: E402
 from bench_kernels import make_impls, fwd_bwd, sweep_plan, with_sweep_path  # noqa: E402
 
 
