@@ -6,17 +6,17 @@ fraction of a large sgemm's GFLOP/s measured in the same run, and each one's pea
 CUDA: CUDA events around each call, forward+backward, against cuDNN's nn.RNN with TF32 off and
 on, the per-step loop, and the fused op on each sweep path it can run (CHARRNN_CUDA_SWEEP).
 
-    python bench/bench_kernels.py                  # full grid, CPU; writes bench/results/cpu-<date>.json
+    python bench/bench_kernels.py                  # the CPU grid: result cpu-kernels
     python bench/bench_kernels.py --quick          # a small grid, fewer rounds
     python bench/bench_kernels.py --quick --cpu-splits   # and the CPU's forced splits and orders side by side
-    python bench/bench_kernels.py --device cuda    # the GPU grid; writes bench/results/cuda-<date>.json
+    python bench/bench_kernels.py --device cuda    # the GPU grid: result cuda-kernels-CARD
+
+Results go to bench/out/, or with --publish to bench/results/ (bench/common.py);
+bench/report.py renders them.
 """
 import argparse
-import datetime
 import gc
-import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -31,9 +31,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import charrnn_ext  # noqa: E402
-from common import git_commit  # noqa: E402  (bench/ is on sys.path when run as a script)
-
-RESULTS = HERE / "results"
+from charrnn_ext.ops import _forced_cpu_choice  # noqa: E402
+import common  # noqa: E402  (bench/ is on sys.path when run as a script)
+import report  # noqa: E402
 
 
 def step_loop(x, h, w_ih, w_hh, b_ih, b_hh):
@@ -58,16 +58,21 @@ def make_impls(T, B, E, H, device, cpu_splits=False):
         "nn.RNN": lambda: rnn(x, h0),
         "step-loop": lambda: step_loop(x, h0[0], *params),
     }
-    if cpu_splits:  # the fused op again under each forced CPU choice (CPU_KNOBS), in this process
-        impls.update({name: impls["fused"] for name in CPU_KNOBS})
+    if cpu_splits:  # the fused op again under each forced CPU choice (CPU_CHOICES), in this process
+        impls.update({name: impls["fused"] for name in CPU_CHOICES})
     return impls
 
 
-# The CPU's forward split (CHARRNN_CPU_SWEEP) and backward order (CHARRNN_CPU_BACKWARD), forced
-# around the whole forward+backward call.
-CPU_KNOBS = {"fused-rows": ("CHARRNN_CPU_SWEEP", "rows"), "fused-units": ("CHARRNN_CPU_SWEEP", "units"),
-             "fused-overlap": ("CHARRNN_CPU_BACKWARD", "overlap"),
-             "fused-serial": ("CHARRNN_CPU_BACKWARD", "serial")}
+# The CPU's forward split and backward order, forced around the whole forward+backward call.
+CPU_CHOICES = {"fused-rows": {"sweep": "rows"}, "fused-units": {"sweep": "units"},
+               "fused-overlap": {"backward": "overlap"}, "fused-serial": {"backward": "serial"}}
+
+
+def with_cpu_choice(run, choice):
+    def forced():
+        with _forced_cpu_choice(**choice):
+            return run()
+    return forced
 
 
 def with_env(name, value, fn):
@@ -158,20 +163,6 @@ def sgemm_gflops(device, n=2048):
     return 2 * n ** 3 / m.median / 1e9
 
 
-def markdown_table(rows):
-    """The README's table: fused vs nn.RNN (and the per-step loop), medians."""
-    lines = ["| H | B | mode | fused ms | nn.RNN ms | step-loop ms | vs nn.RNN | vs loop | GFLOP/s | of sgemm "
-             "| peak MB fused / nn.RNN |", "|" + "---:|" * 3 + "---:|" * 8]
-    for r in rows:
-        ms = r["median_ms"]
-        mem = r["peak_mb_fwd_bwd"]
-        lines.append(f"| {r['H']} | {r['B']} | {r['mode']} | {ms['fused']:.2f} | {ms['nn.RNN']:.2f} | "
-                     f"{ms['step-loop']:.2f} | {r['speedup_vs_nn_rnn']:.2f}x | {r['speedup_vs_step_loop']:.2f}x | "
-                     f"{r['fused_gflops']:.0f} | {r['fraction_of_sgemm']:.0%} | "
-                     f"{mem.get('fused', 0):.1f} / {mem.get('nn.RNN', 0):.1f} |")
-    return "\n".join(lines)
-
-
 SWEEP_PATHS = ["block", "cluster", "grid", "steps"]
 
 
@@ -229,24 +220,6 @@ def cuda_event_medians(runs, rounds):
 
 def times(ratio, digits):
     return "-" if ratio is None else f"{ratio:.{digits}f}x"
-
-
-def cuda_markdown_table(rows):
-    lines = ["| T | H | B | fused ms (path) | cuDNN ms | vs cuDNN | cuDNN TF32 ms | vs TF32 | step-loop ms "
-             "| vs loop | block / cluster / grid / steps ms | peak MB fused / cuDNN |",
-             "|" + "---:|" * 12]
-    for r in rows:
-        ms = r["median_ms"]
-        paths = " / ".join(f"{ms['fused:' + p]:.3f}" if "fused:" + p in ms else "-" for p in SWEEP_PATHS)
-        mem = r["peak_mb_fwd_bwd"]
-        auto = r["auto_plan"]["path"]
-        fused = f"{ms['fused']:.3f} ({auto})" if "fused" in ms else f"- ({auto} skipped)"
-        lines.append(f"| {r['T']} | {r['H']} | {r['B']} | {fused} | "
-                     f"{ms['cuDNN']:.3f} | {times(r['speedup_vs_cudnn'], 2)} | {ms['cuDNN-tf32']:.3f} | "
-                     f"{times(r['speedup_vs_cudnn_tf32'], 2)} | {ms['step-loop']:.2f} | "
-                     f"{times(r['speedup_vs_step_loop'], 1)} | {paths} | "
-                     f"{mem.get('fused', 0):.1f} / {mem.get('nn.RNN', 0):.1f} |")
-    return "\n".join(lines)
 
 
 def cuda_grid(quick):
@@ -308,28 +281,23 @@ def main(argv=None):
     p.add_argument("--min-time", type=float, default=None, help="seconds of rounds per measurement")
     p.add_argument("--cpu-splits", action="store_true",
                    help="CPU: also time the fused op with its forward sweep forced to each split "
-                        "(CHARRNN_CPU_SWEEP=rows, units) and its backward to each order "
-                        "(CHARRNN_CPU_BACKWARD=overlap, serial), interleaved with the rest")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/<device>-<date>.json)")
+                        "(rows, units) and its backward to each order (overlap, serial), interleaved "
+                        "with the rest")
     p.add_argument("--skip-paths", type=lambda s: s.split(","), default=[], metavar="P[,P...]",
                    help="CUDA sweep paths to leave out of the per-path columns (e.g. one that hung)")
+    common.add_output_flags(p)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_kernels: --device cuda but no GPU is visible")
-    date = datetime.date.today().isoformat()
-    out = args.out or RESULTS / f"{args.device}-{date}{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     if args.device == "cuda":
-        env = dict(date=date, commit=git_commit(), device="cuda", gpu=torch.cuda.get_device_name(),
-                   capability=".".join(map(str, torch.cuda.get_device_capability())),
-                   torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                   driver_visible_devices=torch.cuda.device_count(), build_info=charrnn_ext.build_info(),
-                   skip_paths=args.skip_paths)
-        rows = run_cuda(args, lambda rows: out.write_text(json.dumps(dict(env=env, rows=rows), indent=1)))
-        print(f"wrote {out}\n")
-        print(cuda_markdown_table(rows))
+        name, env = f"cuda-kernels-{common.card()}", common.environment("cuda")
+        config = dict(quick=args.quick, skip_paths=args.skip_paths)
+        save = lambda rows: common.save(args, name, config, rows, env=env)  # noqa: E731
+        rows = run_cuda(args, save)
+        print(f"wrote {save(rows)}\n")
+        print(report.cuda_table(dict(rows=rows), full=True))
         return rows
     T, E = 100, 64
     hs, bs = ([128, 512], [1, 32]) if args.quick else ([128, 256, 512, 1024], [1, 32, 128])
@@ -349,9 +317,9 @@ def main(argv=None):
             for mode, wrap, flops in (("fwd+bwd", fwd_bwd, 6 * T * B * (H * H + E * H)),
                                       ("fwd", fwd_only, 2 * T * B * (H * H + E * H))):
                 runs = {name: wrap(fn) for name, fn in impls.items()}
-                for name, knob in CPU_KNOBS.items():
+                for name, choice in CPU_CHOICES.items():
                     if name in runs:
-                        runs[name] = lambda run=runs[name], knob=knob: with_env(*knob, run)
+                        runs[name] = with_cpu_choice(runs[name], choice)
                 med, rounds = interleaved_medians(runs, args.device, min_time)
                 gflops = flops / med["fused"] / 1e9
                 row = dict(T=T, B=B, E=E, H=H, mode=mode, rounds=rounds,
@@ -376,13 +344,10 @@ def main(argv=None):
     gemm_after = sgemm_gflops(args.device)
     print(f"sgemm {gemm_after:.0f} GFLOP/s after the grid")
 
-    env = dict(date=date, commit=git_commit(), device=args.device, machine=platform.processor() or platform.machine(),
-               cpu_count=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
-               cuda=torch.version.cuda, build_info=charrnn_ext.build_info(),
-               sgemm_gflops_before=gemm_before, sgemm_gflops_after=gemm_after)
-    out.write_text(json.dumps(dict(env=env, rows=rows), indent=1))
-    print(f"wrote {out}\n")
-    print(markdown_table(rows))
+    config = dict(T=T, E=E, quick=args.quick, min_time_s=min_time, cpu_splits=args.cpu_splits,
+                  sgemm_gflops_before=gemm_before, sgemm_gflops_after=gemm_after)
+    print(f"wrote {common.save(args, 'cpu-kernels', config, rows)}\n")
+    print(report.cpu_table(dict(rows=rows), full=True))
     return rows
 
 

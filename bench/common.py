@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -61,6 +62,14 @@ def environment(device: str = "cpu") -> dict:
                    capability=".".join(map(str, torch.cuda.get_device_capability())),
                    cudnn=torch.backends.cudnn.version())
     return env
+
+
+def card() -> str:
+    """A short name for the GPU in result names: 'h200' for 'NVIDIA H200'."""
+    import torch
+    name = torch.cuda.get_device_name()
+    words = [w for w in name.lower().replace("nvidia", "").split() if any(c.isdigit() for c in w)]
+    return words[0] if words else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:

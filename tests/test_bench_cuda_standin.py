@@ -63,6 +63,7 @@ def test_cuda_benchmark_code_runs_on_a_cpu_stand_in(bench_on_cpu, tmp_path, caps
     rows = bench_on_cpu.main(["--device", "cuda", "--quick", "--skip-paths", "grid", "--out", str(out)])
 
     saved = json.loads(out.read_text())
+    assert saved["benchmark"] == "cuda-kernels-cpu-stand-in"
     assert saved["env"]["gpu"] == "CPU stand-in" and saved["env"]["torch"] == torch.__version__
     assert [(r["T"], r["B"], r["H"]) for r in saved["rows"]] == [(4, 2, 5), (3, 1, 9)]
     for row in rows:
@@ -77,7 +78,7 @@ def test_cuda_benchmark_code_runs_on_a_cpu_stand_in(bench_on_cpu, tmp_path, caps
 
     table = printed_table(capsys)
     assert len(table) == 2 + len(rows) and table[0].startswith("| T | H | B |")
-    assert table[3].startswith("| 3 | 9 | 1 |") and " / - / - / " in table[3]  # cluster, grid absent
+    assert table[3].startswith("| 3 | 9 | 1 | block |") and " / - / - / " in table[3]  # cluster, grid absent
 
 
 def test_a_hung_path_auto_would_pick_is_left_out_of_auto_and_the_ratios(bench_on_cpu, tmp_path, capsys):
@@ -89,9 +90,9 @@ def test_a_hung_path_auto_would_pick_is_left_out_of_auto_and_the_ratios(bench_on
         assert "fused" not in row["median_ms"] and "fused:block" not in row["median_ms"]
         assert "fused:steps" in row["median_ms"] and "cuDNN" in row["median_ms"]
         assert row["speedup_vs_cudnn"] is None and row["fused_gflops"] is None
-    assert json.loads(out.read_text())["env"]["skip_paths"] == ["block"]
+    assert json.loads(out.read_text())["config"]["skip_paths"] == ["block"]
     table = printed_table(capsys)
-    assert "| - (block skipped) |" in table[2] and "| - / " in table[2]
+    assert "| block | - |" in table[2] and "| - / " in table[2]
 
 
 def test_rows_measured_before_an_interruption_are_saved(bench_on_cpu, tmp_path, monkeypatch):
