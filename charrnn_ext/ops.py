@@ -1,5 +1,9 @@
 """The fused ops: fake kernels, the autograd.Function and rnn_tanh(), the decode, packed linears."""
+import contextlib
+
 import torch
+
+from . import _C
 
 _FORWARD = torch.ops.charrnn.rnn_tanh_forward
 _BACKWARD = torch.ops.charrnn.rnn_tanh_backward
@@ -151,8 +155,8 @@ def rnn_tanh_decode(logits, h0, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, 
     logits [B, V]: the logits of the first draw; h0 [L, B, H]: the state that produced them;
     embedding [V, E] (None: one-hot input); w_ih, w_hh, b_ih, b_hh: lists of L tensors as in
     torch.nn.RNN (biases may be None); head_weight [V, H], head_bias [V] or None. Each draw is
-    charrnn_ext.sample.pick's: argmax at temperature 0, else softmax(logits / temperature) over
-    the top_k most likely ids, drawn with `generator`. Returns (ids [B, steps] int64, h_n
+    charrnn_ext.sample.draw's (torch.multinomial's): argmax at temperature 0, else
+    softmax(logits / temperature) over the top_k most likely ids, drawn with `generator`. Returns (ids [B, steps] int64, h_n
     [L, B, H], logits_n [B, V]): the drawn ids, and the state and logits after the last of them,
     from which a next call continues the same text.
     """
@@ -196,3 +200,27 @@ class PackedLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.charrnn.packed_linear(x, self.packed, self.out_features, self.bias)
+
+
+# Benchmarks and tests: the CPU kernels' choices forced (csrc/rnn_tanh.h, force_cpu_choice).
+
+@contextlib.contextmanager
+def _forced_cpu_choice(sweep: str | None = None, backward: str | None = None):
+    """Within the block, the CPU kernels' forward and backward sweeps split a step among threads
+    by `sweep` ("rows", "units" or "auto") and the backward runs in the order `backward`
+    ("overlap", "serial" or "auto"); None leaves that choice as it is. For benchmarks and tests
+    that compare them in one process: the setting is process-wide, not per thread. Restored on
+    exit; an unknown value is a ValueError, and leaves every choice as it was.
+
+        with _forced_cpu_choice(sweep="rows", backward="serial"):
+            out, h_n = rnn_tanh(...); (out.sum() + h_n.sum()).backward()
+    """
+    wanted = {knob: value for knob, value in (("sweep", sweep), ("backward", backward)) if value is not None}
+    saved = {}
+    try:
+        for knob, value in wanted.items():
+            saved[knob] = _C._force_cpu_choice(knob, value)
+        yield
+    finally:
+        for knob, value in saved.items():
+            _C._force_cpu_choice(knob, value)

@@ -1,12 +1,16 @@
-"""What a training run reports as it goes: metrics.jsonl, the progress bar and loss.png.
+"""What a training run reports as it goes: metrics.jsonl, progress on stderr and loss.png.
 
-Under torchrun rank 0 alone reports; the other ranks get a silent RunReport.
+Progress is a bar on a terminal. Where stderr is not one (a log file, CI, a batch job), a bar's
+carriage-return frames would pile up on one line, so it is plain lines instead: one per
+metrics line (every log_every steps) and one per evaluation. Under torchrun rank 0 alone
+reports; the other ranks get a silent RunReport.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,15 +21,20 @@ class RunReport:
     """Averages the applied steps between two metrics lines and writes them out.
 
     with RunReport(out, active=..., progress=..., plot=..., chars_per_step=..., ...) as report:
-        report.step(loss, seconds, applied); report.flush(trainer); report.write({...}); report.plot(trainer)
+        report.step(loss, seconds, applied); report.flush(trainer); report.write({...})
+        report.evaluated(trainer, val, saved); report.plot(trainer)
     """
 
     def __init__(self, out: Path, *, active: bool, progress: bool, plot: bool, chars_per_step: int,
                  per_char: float, total_steps: int | None, first_step: int, desc: str):
         self.out, self.active, self.plots = out, active, plot and active
         self.chars, self.per_char = chars_per_step, per_char
+        self.desc, self.total_steps = desc, total_steps
+        shown = progress and active
+        # A bar on a terminal (or a notebook's widget); plain lines (self.lines) anywhere else.
+        self.lines = shown and not _bar_fits(sys.stderr)
         self.bar = tqdm(total=total_steps, initial=first_step, unit="step", dynamic_ncols=True,
-                        disable=not (progress and active), desc=desc)
+                        disable=not shown or self.lines, desc=desc)
         self.start = time.monotonic()
         self.loss = self.seconds = 0.0
         self.applied = 0  # since the last metrics line
@@ -53,7 +62,12 @@ class RunReport:
 
     def say(self, message: str) -> None:
         if self.active:
-            tqdm.write(message)
+            tqdm.write(message, file=sys.stderr)
+
+    def _line(self, step: int, text: str) -> None:
+        """One plain progress line on stderr (without a terminal's bar)."""
+        of = f"/{self.total_steps}" if self.total_steps is not None else ""
+        print(f"{self.desc} | step {step}{of} | {text}", file=sys.stderr, flush=True)
 
     def chars_per_s(self) -> float:
         """Training characters per second of this run (optimizer steps only)."""
@@ -80,16 +94,40 @@ class RunReport:
         self.write({"step": trainer.step, "epoch": trainer.epoch, "train_loss": trainer.train_loss,
                     "lr": trainer.optimizer.param_groups[0]["lr"], "chars_per_s": cps, "elapsed_s": self.elapsed()})
         val = "-" if trainer.val_loss is None else f"{trainer.val_loss:.3f}"
+        if self.lines:
+            last_val = "-" if trainer.val_loss is None else f"{trainer.val_loss:.4f}"
+            self._line(trainer.step, f"epoch {trainer.epoch} | loss {trainer.train_loss:.4f} | val {last_val} | "
+                       f"lr {trainer.optimizer.param_groups[0]['lr']:.3g} | {cps:,.0f} chars/s | "
+                       f"{self.elapsed():.1f} s")
         self.bar.set_postfix(loss=f"{trainer.train_loss:.3f}", val=val, cps=f"{cps:,.0f}", epoch=trainer.epoch,
                              refresh=False)
         self.loss = self.seconds = 0.0
         self.applied = 0
+
+    def evaluated(self, trainer, val: float | None, saved: list[str]) -> None:
+        """An evaluation and the checkpoints it wrote: a plain line without a terminal (on one,
+        the bar's postfix shows the validation loss from the next metrics line on)."""
+        if not self.lines:
+            return
+        loss = "no validation split" if val is None else f"val {val:.4f} (best {trainer.best_val_loss:.4f})"
+        self._line(trainer.step, f"epoch {trainer.epoch} | eval: {loss} | saved {', '.join(saved)} | "
+                   f"{self.elapsed():.1f} s")
 
     def plot(self, trainer) -> None:
         """loss.png from the trainer's history."""
         if self.plots:
             c = trainer.cfg
             plot_losses(trainer.history, self.out / "loss.png", title=f"{c.cell} h={c.hidden_size} x{c.num_layers}")
+
+
+def _bar_fits(stream) -> bool:
+    """Whether a progress bar redraws in place: on a terminal, or as tqdm.auto's notebook widget."""
+    if any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__):
+        return True
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def plot_losses(history: dict, path: str | os.PathLike, title: str = "") -> None:

@@ -103,8 +103,9 @@ class TrainConfig:
 def make_optimizer(cfg: TrainConfig, params):
     params = list(params)
     # torch's fused kernels update every parameter in one pass instead of a dozen tensor ops per
-    # parameter: Adam's step for the default model took 70 ms on 2 CPU cores, fused 1 ms.
-    # (Adagrad's fused kernel is CPU-only, RMSprop has none: those take the foreach path.)
+    # parameter, each a pass over memory and a dispatch of its own; bench/bench_train.py times the
+    # training step they are part of. (Adagrad's fused kernel is CPU-only, RMSprop has none: those
+    # take the foreach path.)
     on = params[0].device.type
     fast = {"fused": True} if on in ("cpu", "cuda") else {"foreach": True}
     if cfg.optimizer == "adam":
@@ -134,11 +135,12 @@ class Trainer:
         self.dist = distributed.from_environment(resolve_device(cfg.device), cfg.batch_size)
         self.device, self.world, self.is_main = self.dist.device, self.dist.world, self.dist.is_main
         if cfg.flush_denormal and self.device.type == "cpu":
-            # Gradients vanishing back through a tanh RNN reach subnormal magnitudes, where x86
-            # arithmetic is 10-100x slower; early steps took seconds instead of 0.15 s.
-            # Values below 1e-38 carry no information for training.
+            # Gradients vanishing back through a tanh RNN reach subnormal magnitudes, which x86
+            # handles in slow microcode assists, so the steps that meet them stall. Values below
+            # 1e-38 carry no information for training.
             torch.set_flush_denormal(True)
         self.out = Path(cfg.out)
+        _check_out_dir(self.out)
         self._load_data(ckpt)
         self._build_model()
         self.step = self.epoch = self.window = 0  # the next window of the current epoch
@@ -368,8 +370,21 @@ class Trainer:
             improved = val < self.best_val_loss
             self.best_val_loss = min(val, self.best_val_loss)
             report.write({"step": self.step, "epoch": self.epoch, "val_loss": val, "best_val_loss": self.best_val_loss})
-        self.save("last.pt", *(["best.pt"] if improved else []))
+        saved = ["last.pt", *(["best.pt"] if improved else [])]
+        self.save(*saved)
+        report.evaluated(self, val, saved)
         report.plot(self)
+
+
+def _check_out_dir(out: Path) -> None:
+    """--out must be a directory or not exist yet: say so before any work, not when the first
+    metrics line is written."""
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            what = f"--out {out} is" if p == out else f"--out {out} cannot be created: {p} is"
+            raise CharRNNError(f"{what} an existing file, not a directory; choose another --out")
+        if p.exists():
+            return
 
 
 def train(cfg: TrainConfig | None = None, resume=None, overrides=None, callback=None, **kw) -> dict:

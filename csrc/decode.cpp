@@ -95,8 +95,9 @@ at::Tensor pick_next(const at::Tensor& logits, double temperature, std::optional
   const at::Tensor probs = at::softmax(scaled, -1);
   if (probs.is_cpu()) {
     // at::multinomial's draw of one sample, the argmax of probs / q with q ~ Exp(1) from the
-    // generator, without its checks: five more ops and host reads, a third of a character's
-    // time on the CPU. Softmax leaves only non-finite logits to check, read here directly.
+    // generator, without its checks: those are five more ops and host reads per character, a
+    // large share of a one-character step on the CPU (bench/bench_sample.py times generation).
+    // Softmax leaves only non-finite logits to check, read here directly.
     const at::Tensor p = probs.contiguous();
     const float* data = p.const_data_ptr<float>();
     for (int64_t i = 0; i < p.numel(); ++i)
@@ -136,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_loop(
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t L = h0.size(0), B = h0.size(1), V = logits.size(1);
   // Each layer's state apart, stacked as FusedRNN returns it only at the end: a stack per
-  // character copied the whole state once more (a twentieth of a step at 64 samples).
+  // character would copy the whole state once more at every step.
   std::vector<at::Tensor> state(h0.unbind(0));
 
   at::Tensor ids = at::empty({B, steps}, logits.options().dtype(at::kLong));

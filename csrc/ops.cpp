@@ -145,6 +145,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
      "compiled, the CUDA architectures they were compiled for, the CPU kernels' vectorised "
      "variant in use (cpu_capability: default, avx2, avx512 or sve256; ATEN_CPU_CAPABILITY "
      "forces a lower one) and every variant compiled (cpu_capabilities).");
+  m.def("_force_cpu_choice", [](const std::string& knob, std::optional<std::string> value) {
+    try {
+      return charrnn::force_cpu_choice(knob, value);
+    } catch (const c10::ValueError& e) {
+      throw pybind11::value_error(e.what_without_backtrace());
+    }
+  }, "Private, for benchmarks and tests: force a choice of the CPU kernels for the whole process "
+     "(not per thread). knob 'sweep': 'rows', 'units' or 'auto'; knob 'backward': 'overlap', "
+     "'serial' or 'auto' (auto: chosen by the shapes, the default). Returns the previous value; "
+     "without a value, the current one. ValueError for an unknown knob or value. "
+     "charrnn_ext.ops._forced_cpu_choice sets and restores it around a block.",
+     pybind11::arg("knob"), pybind11::arg("value") = pybind11::none());
 #ifdef CHARRNN_WITH_CUDA
   m.def("cuda_sweep_plan", [](int64_t B, int64_t H, int64_t elem_size, const std::string& path) {
     namespace cc = charrnn::cuda;

@@ -6,6 +6,7 @@
 #include <c10/util/Optional.h>
 
 #include <array>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -79,6 +80,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_tanh_
     double dropout,                 // the forward's p
     int64_t seed);                  // the forward's seed
 // dx [T, B, E], dh0 [B, H], dw_ih [H, E], dw_hh [H, H], db [H]
+
+// A choice of the CPU kernels forced for the whole process, for benchmarks and tests that
+// compare the ways a shape can run in one process (Python: charrnn_ext._C._force_cpu_choice and
+// charrnn_ext.ops._forced_cpu_choice). knob "sweep": how a sweep splits a step among threads,
+// "rows" (groups of batch rows) or "units" (blocks of hidden units); knob "backward": the
+// backward's order, "overlap" (the window products alongside the sweep) or "serial" (sweep,
+// then products); "auto" leaves it to the shapes again. The two splits compute the same floats
+// at a thread count. Returns the knob's previous value (without a value: its current one, and
+// changes nothing); an unknown knob or value throws c10::ValueError.
+std::string force_cpu_choice(const std::string& knob,
+                             const std::optional<std::string>& value = std::nullopt);
 
 // The CPU kernels' vectorised code in use ("default", "avx2", "avx512", "sve256": the names of
 // ATEN_CPU_CAPABILITY), and every variant compiled into this build, best first.

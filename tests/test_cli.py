@@ -74,6 +74,46 @@ def test_clear_errors(small_text, tmp_path, capsys):
     assert "cannot change hidden_size" in capsys.readouterr().err
 
 
+def test_out_that_is_a_file_is_a_one_line_error(small_text, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a run directory")
+    for out in (taken, taken / "run"):
+        assert cli.main(["train", "--data", str(small_text), "--out", str(out), "--max-steps", "1", *TINY]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"charrnn: error: --out {out} ") and "existing file" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert taken.read_text() == "not a run directory"
+
+
+def test_progress_without_a_terminal_is_one_plain_line_per_metrics_line(small_text, tmp_path, capsys):
+    """With stderr not a terminal (here captured; a log file or CI alike) progress is plain
+    lines, no bar's carriage-return frames: one per metrics line, one per evaluation."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(small_text), "--out", str(out), "--max-steps", "7", *TINY,
+                     "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["step"] for r in records if "train_loss" in r and not r.get("final")]
+    evaluated = [r["step"] for r in records if "val_loss" in r and not r.get("final")]
+    lines = [line for line in err.splitlines() if line.startswith("train rnn | step ")]
+    progress = [line for line in lines if "| loss " in line]
+    evals = [line for line in lines if "| eval: " in line]
+    assert len(progress) + len(evals) == len(lines)
+    assert [int(line.split()[4].split("/")[0]) for line in progress] == logged == [2, 3, 4, 6, 7]
+    assert [int(line.split()[4].split("/")[0]) for line in evals] == evaluated == [3, 6, 7]
+    first = progress[0]
+    for part in ("step 2/7", "epoch 0", "loss ", "val -", "lr 0.002", "chars/s", " s"):
+        assert part in first, first
+    assert "val -" not in progress[2] and "saved last.pt" in evals[0]
+
+    # --no-progress silences both the bar and the lines
+    assert cli.main(["train", "--data", str(small_text), "--out", str(tmp_path / "quiet"), "--max-steps", "4",
+                     *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "| step " not in err and "\r" not in err
+
+
 def test_bench_finds_the_checkout_or_says_why(monkeypatch, tmp_path, capsys):
     assert cli.main(["bench", "--help"]) == 0
     assert "bench_kernels.py" in capsys.readouterr().out

@@ -15,6 +15,7 @@ import torch
 
 import charrnn_ext
 from charrnn_ext import RNNTanhFunction, reference, rnn_tanh
+from charrnn_ext.ops import _forced_cpu_choice
 
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float64]
@@ -179,15 +180,15 @@ def thread_case_grads(shape, threads):
 @pytest.mark.parametrize("threads", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("shape", [(150, 8, 7, 163), (70, 1, 3, 29), (5, 200, 9, 11), (40, 16, 5, 160),
                                    (70, 64, 5, 30)], ids=shape_id)
-def test_cpu_thread_paths_match_reference(threads, shape, backward, monkeypatch):
+def test_cpu_thread_paths_match_reference(threads, shape, backward):
     """The CPU backward either sweeps on up to half the threads while the others compute the
     window GEMMs of finished chunks of steps (the first chunk holding h0's step), or sweeps on
     all threads and then runs the GEMMs (as on one thread); auto picks by the shape (the last
-    shape overlaps), CHARRNN_CPU_BACKWARD forces one. Steps of B*H*H >= 2**18 multiply-adds (the
-    fourth shape) are split across a team of sweeping threads, and across threads in the forward.
-    Every thread count and order gives the reference."""
-    monkeypatch.setenv("CHARRNN_CPU_BACKWARD", backward)
-    (out, h_n, grads), (ref_out, ref_h_n, ref_grads) = thread_case_grads(shape, threads)
+    shape overlaps), _forced_cpu_choice(backward=...) forces one. Steps of B*H*H >= 2**18
+    multiply-adds (the fourth shape) are split across a team of sweeping threads, and across
+    threads in the forward. Every thread count and order gives the reference."""
+    with _forced_cpu_choice(backward=backward):
+        (out, h_n, grads), (ref_out, ref_h_n, ref_grads) = thread_case_grads(shape, threads)
     assert_close_to_ref(out, ref_out, torch.float64, "output")
     assert_close_to_ref(h_n, ref_h_n, torch.float64, "h_n")
     for name, got, want in zip(GRAD_NAMES, grads, ref_grads):
@@ -196,7 +197,7 @@ def test_cpu_thread_paths_match_reference(threads, shape, backward, monkeypatch)
 
 @pytest.mark.parametrize("shape", [(20, 32, 7, 100), (20, 9, 5, 40), (20, 3, 5, 300), (6, 32, 4, 600)],
                          ids=shape_id)
-def test_cpu_forward_splits_give_the_same_floats(shape, monkeypatch):
+def test_cpu_forward_splits_give_the_same_floats(shape):
     """The forward sweep splits a step among threads by batch rows (each thread sweeping its rows
     alone) or by hidden units (a barrier per step), by the shape and thread count; both compute
     every element in the same order, so float32 outputs are equal bit for bit at every count
@@ -210,8 +211,7 @@ def test_cpu_forward_splits_give_the_same_floats(shape, monkeypatch):
             torch.set_num_threads(threads)
             runs.append(torch.ops.charrnn.rnn_tanh_forward(*inputs, 0.3, 5))
             for split in ("rows", "units"):  # forced, as benchmarks compare them
-                with monkeypatch.context() as m:
-                    m.setenv("CHARRNN_CPU_SWEEP", split)
+                with _forced_cpu_choice(sweep=split):
                     runs.append(torch.ops.charrnn.rnn_tanh_forward(*inputs, 0.3, 5))
     finally:
         torch.set_num_threads(old)
@@ -221,7 +221,7 @@ def test_cpu_forward_splits_give_the_same_floats(shape, monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(20, 32, 7, 100), (20, 9, 5, 40), (6, 32, 4, 600)], ids=shape_id)
-def test_cpu_backward_splits_give_the_same_floats(shape, monkeypatch):
+def test_cpu_backward_splits_give_the_same_floats(shape):
     """The serial backward's sweep is split by batch rows or by hidden units like the forward's,
     each element in the same order, so at a thread count all gradients are equal bit for bit
     whichever split runs (float32, dropout on)."""
@@ -231,33 +231,59 @@ def test_cpu_backward_splits_give_the_same_floats(shape, monkeypatch):
     g = torch.Generator().manual_seed(1)
     grad_output, grad_h_n = torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g)
     x, h0, w_ih, w_hh = inputs[:4]
-    monkeypatch.setenv("CHARRNN_CPU_BACKWARD", "serial")
     old = torch.get_num_threads()
     try:
         for threads in (2, 3, 4):
             torch.set_num_threads(threads)
             runs = []
             for split in ("rows", "units"):
-                monkeypatch.setenv("CHARRNN_CPU_SWEEP", split)
-                runs.append(torch.ops.charrnn.rnn_tanh_backward(grad_output, grad_h_n, x, h0, w_ih, w_hh,
-                                                                output, [True] * 5, 0.3, 5))
+                with _forced_cpu_choice(sweep=split, backward="serial"):
+                    runs.append(torch.ops.charrnn.rnn_tanh_backward(grad_output, grad_h_n, x, h0, w_ih, w_hh,
+                                                                    output, [True] * 5, 0.3, 5))
             for got, want in zip(*runs):
                 assert torch.equal(got, want), threads
     finally:
         torch.set_num_threads(old)
 
 
-def test_cpu_sweep_knob_refuses_unknown_values(monkeypatch):
-    monkeypatch.setenv("CHARRNN_CPU_SWEEP", "diagonal")
-    with pytest.raises(ValueError, match="CHARRNN_CPU_SWEEP must be auto, rows or units, got 'diagonal'"):
-        rnn_tanh(*make_inputs(3, 2, 2, 4))
+def _C_choice(knob):
+    return charrnn_ext._C._force_cpu_choice(knob)  # without a value: the current one, unchanged
 
 
-def test_cpu_backward_knob_refuses_unknown_values(monkeypatch):
-    monkeypatch.setenv("CHARRNN_CPU_BACKWARD", "sideways")
-    out, h_n = rnn_tanh(*make_inputs(3, 2, 2, 4))
-    with pytest.raises(ValueError, match="CHARRNN_CPU_BACKWARD must be auto, overlap or serial, got 'sideways'"):
-        (out.sum() + h_n.sum()).backward()
+def test_forced_cpu_choice_sets_and_restores():
+    """The knobs are process-wide settings of the extension, not environment variables: the
+    context manager sets them for its block and restores what was there, on an error too."""
+    assert _C_choice("sweep") == "auto" and _C_choice("backward") == "auto"
+    with _forced_cpu_choice(sweep="rows"):
+        assert (_C_choice("sweep"), _C_choice("backward")) == ("rows", "auto")
+        with _forced_cpu_choice(sweep="units", backward="overlap"):
+            assert (_C_choice("sweep"), _C_choice("backward")) == ("units", "overlap")
+        assert (_C_choice("sweep"), _C_choice("backward")) == ("rows", "auto")
+    with pytest.raises(RuntimeError, match="inside"), _forced_cpu_choice(backward="serial"):
+        raise RuntimeError("inside")
+    assert _C_choice("sweep") == "auto" and _C_choice("backward") == "auto"
+    assert charrnn_ext._C._force_cpu_choice("sweep", "rows") == "auto"  # returns the previous value
+    assert charrnn_ext._C._force_cpu_choice("sweep", "auto") == "rows"
+
+
+def test_cpu_sweep_knob_refuses_unknown_values():
+    with pytest.raises(ValueError, match="CPU sweep choice must be auto, rows or units, got 'diagonal'"):
+        with _forced_cpu_choice(sweep="diagonal"):
+            pass
+    assert _C_choice("sweep") == "auto"
+
+
+def test_cpu_backward_knob_refuses_unknown_values():
+    # The sweep, valid, is set first and restored: a bad value leaves nothing changed.
+    with pytest.raises(ValueError, match="CPU backward choice must be auto, overlap or serial, got 'sideways'"):
+        with _forced_cpu_choice(sweep="rows", backward="sideways"):
+            pass
+    assert _C_choice("sweep") == "auto" and _C_choice("backward") == "auto"
+
+
+def test_unknown_cpu_knob_is_refused():
+    with pytest.raises(ValueError, match="forced CPU choices are sweep and backward, got 'diagonal'"):
+        charrnn_ext._C._force_cpu_choice("diagonal", "rows")
 
 
 # --------------------------------------------------------------------------- CPU capabilities

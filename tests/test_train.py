@@ -263,3 +263,41 @@ def test_bad_config_values_are_rejected():
         TrainConfig(optimizer="lbfgs")
     with pytest.raises(ValueError, match="clip_mode"):
         TrainConfig(clip_mode="both")
+
+
+# ------------------------------------------------------------------ progress
+
+class _Terminal:
+    """A stderr that says it is a terminal, keeping what is written to it."""
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, text):
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(tiny_config, monkeypatch, capsys):
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    Trainer(tiny_config(progress=True, max_steps=4)).run()
+    shown = "".join(terminal.parts)
+    assert "\r" in shown and "step" in shown and "| step " not in shown  # tqdm's frames, no lines
+    monkeypatch.undo()
+
+    Trainer(tiny_config(progress=True, max_steps=4, out=str(tiny_config().out) + "2")).run()
+    err = capsys.readouterr().err  # captured: not a terminal
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert [line.split(" | ")[1] for line in lines] == ["step 2/4", "step 4/4", "step 4/4"]
+    assert "eval: val " in lines[-1] and "saved last.pt, best.pt" in lines[-1]
+
+    Trainer(tiny_config(progress=False, max_steps=4, out=str(tiny_config().out) + "3")).run()
+    assert capsys.readouterr().err == ""

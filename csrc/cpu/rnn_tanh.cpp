@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <exception>
 #include <limits>
 #include <string>
@@ -44,8 +43,8 @@ int64_t product_chunk_steps(int64_t T, int64_t B) {
 constexpr int kSpins = 2000;
 
 // torch.set_flush_denormal sets flush-to-zero on the calling thread only. Vanishing BPTT
-// gradients reach denormal floats, which cost ~100x per operation, so the pool threads take
-// the caller's setting while they work for it.
+// gradients reach denormal floats, which x86 handles in slow microcode assists, so the pool
+// threads take the caller's setting while they work for it.
 class CallerFpMode {
  public:
 #if defined(__SSE__) || defined(__x86_64__) || defined(_M_X64)
@@ -110,34 +109,30 @@ std::vector<StepBlock> step_blocks(int64_t B, int64_t H, int64_t panel, int64_t 
   return blocks;
 }
 
+// The choices of force_cpu_choice (rnn_tanh.h): 0 leaves a choice to the shapes, 1 and 2 force
+// the first and the second of its two values. Process-wide; a relaxed load per call.
+std::atomic<int> forced_sweep{0};     // 1: rows, 2: units
+std::atomic<int> forced_backward{0};  // 1: overlap, 2: serial
+
 // Batch rows never meet within a window, so a sweep can also be split by rows: each thread
 // takes a group of whole rows through all T steps, with no barrier between steps, where a split
-// by hidden units needs one per step (a few microseconds: as much as a small step's product).
+// by hidden units needs one per step (costing about as much as a small step's product).
 // Each thread then streams all of w_hh at every step instead of its share, so the split by rows
 // is used while w_hh fits a core's L2 (1 MB: H = 512 in float32) and each group has rows enough
-// for the register tile. On two cores it measured 1.2x faster at H = 128 and B = 8 or 32, and
-// 1.03-1.1x at H = 512. Either split computes every element in the same order, so the results
-// do not depend on it. Returns the groups; 1: the split by hidden units.
+// for the register tile; `bench/bench_kernels.py --cpu-splits` times the two splits side by
+// side. Either split computes every element in the same order, so the results do not depend on
+// it. Returns the groups; 1: the split by hidden units.
 constexpr int64_t kRowGroupMinRows = 4;
 constexpr int64_t kRowGroupMaxWeightBytes = 1 << 20;
 
-// A benchmark's knob, read per call: the environment variable `name` set to `a` or `b` forces
-// that choice; unset, empty or "auto" leaves it to the shapes. Returns the value ("auto" if none).
-std::string forced_choice(const char* name, const char* a, const char* b) {
-  const char* value = std::getenv(name);
-  const std::string choice = value == nullptr || *value == '\0' ? "auto" : value;
-  TORCH_CHECK_VALUE(choice == "auto" || choice == a || choice == b, "charrnn: ", name,
-                    " must be auto, ", a, " or ", b, ", got '", choice, "'");
-  return choice;
-}
-
 // The backward's serial order (backward_overlaps) splits its sweep the same way.
-// CHARRNN_CPU_SWEEP=rows|units forces a split (for benchmarks that compare them in one process).
+// force_cpu_choice("sweep", "rows"|"units") forces a split (for benchmarks and tests that
+// compare them in one process).
 int64_t row_groups(int64_t B, int64_t H, int64_t elem_size) {
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const std::string split = forced_choice("CHARRNN_CPU_SWEEP", "rows", "units");
-  if (threads < 2 || split == "units") return 1;
-  if (split == "rows") return std::min(threads, B);
+  const int split = forced_sweep.load(std::memory_order_relaxed);
+  if (threads < 2 || split == 2) return 1;
+  if (split == 1) return std::min(threads, B);
   if (H * H * elem_size > kRowGroupMaxWeightBytes) return 1;
   return std::min(threads, B / kRowGroupMinRows);
 }
@@ -156,18 +151,19 @@ void for_each_row_group(int64_t B, int64_t groups, const Fn& fn) {
 // Whether the backward overlaps the sweep with the window products (BackwardSweep) or sweeps
 // with every thread first and then runs the products as whole-window GEMMs on all of them. The
 // overlap leaves the sweep to half the threads (one, on two cores), each streaming its blocks of
-// w_hh at every step, and the product members idle until the first chunk of steps is final. On
-// two cores it measured faster (1.15-1.24x at H = 128, B = 64 and 128) only while w_hh fits well
-// inside a core's L2 (256 KB: H = 256 in float32) and the first chunk is at most an eighth of the
-// window (B >= 64 at T = 100; at B = 16 or 32 the two were even, 0.93-1.04x); at H = 512 the
-// serial order took 0.6-0.95x the overlap's time (B = 1 to 32) and the default model's training
-// step 0.93-0.98x.
-// CHARRNN_CPU_BACKWARD=overlap|serial forces one (for benchmarks that compare them).
+// w_hh at every step, and the product members idle until the first chunk of steps is final. So
+// it pays only while the sweep's share of w_hh stays well inside a core's L2 (256 KB: H = 256 in
+// float32) and the first chunk, during which the product members wait, is at most an eighth of
+// the window (B >= 64 at T = 100); otherwise all threads sweeping first is the better order.
+// `bench/bench_kernels.py --cpu-splits` times both orders side by side (fused-overlap,
+// fused-serial) and bench/bench_train.py the training step they sit in.
+// force_cpu_choice("backward", "overlap"|"serial") forces one (for benchmarks and tests that
+// compare them).
 constexpr int64_t kOverlapMaxWeightBytes = 256 << 10;
 
 bool backward_overlaps(int64_t T, int64_t B, int64_t H, int64_t elem_size) {
-  const std::string mode = forced_choice("CHARRNN_CPU_BACKWARD", "overlap", "serial");
-  if (mode != "auto") return mode == "overlap";
+  const int mode = forced_backward.load(std::memory_order_relaxed);
+  if (mode != 0) return mode == 1;
   return H * H * elem_size <= kOverlapMaxWeightBytes && 8 * product_chunk_steps(T, B) <= T;
 }
 
@@ -447,6 +443,28 @@ void backward_row_sweep(at::Tensor& a, const at::Tensor& grad_h_n, const at::Ten
 }
 
 }  // namespace
+
+std::string force_cpu_choice(const std::string& knob, const std::optional<std::string>& value) {
+  struct Knob {
+    const char* name;
+    std::atomic<int>& choice;
+    const char* values[3];  // by choice: auto, then the two it forces
+  };
+  static Knob knobs[] = {{"sweep", forced_sweep, {"auto", "rows", "units"}},
+                         {"backward", forced_backward, {"auto", "overlap", "serial"}}};
+  Knob* k = nullptr;
+  for (Knob& candidate : knobs)
+    if (knob == candidate.name) k = &candidate;
+  TORCH_CHECK_VALUE(k != nullptr, "charrnn: the forced CPU choices are sweep and backward, got '",
+                    knob, "'");
+  if (!value.has_value()) return k->values[k->choice.load(std::memory_order_relaxed)];
+  int wanted = -1;
+  for (int i = 0; i < 3; ++i)
+    if (*value == k->values[i]) wanted = i;
+  TORCH_CHECK_VALUE(wanted >= 0, "charrnn: the CPU ", knob, " choice must be ", k->values[0], ", ",
+                    k->values[1], " or ", k->values[2], ", got '", *value, "'");
+  return k->values[k->choice.exchange(wanted, std::memory_order_relaxed)];
+}
 
 PackedLayer pack_layer_cpu(const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
                            const std::optional<at::Tensor>& b_ih,

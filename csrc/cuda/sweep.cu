@@ -252,8 +252,9 @@ SweepPlan plan_sweep_typed(SweepPath requested, int B, int H, const char** why_n
   const Device dev(dev_index);
   Answer answer{SweepPlan{}, "unknown reason"};
   if (requested == SweepPath::kAuto) {
-    // Measured on an H200 (bench/results/cuda-2026-12-04*.json): wherever the grid path fits it
-    // was the fastest of the three, at every H and B of the grid; clusters next, then a block.
+    // The path that spreads a step over the most multiprocessors first: the grid path, then
+    // clusters, then a block. `bench/bench_kernels.py --device cuda` times every path that fits
+    // (its fused:<path> columns), which is what this order rests on.
     for (SweepPath path : {SweepPath::kGrid, SweepPath::kCluster, SweepPath::kBlock}) {
       SweepPlan plan;
       plan.path = path;

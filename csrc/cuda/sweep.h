@@ -22,7 +22,8 @@ namespace charrnn::cuda {
 
 // How a sweep synchronises its T steps. CHARRNN_CUDA_SWEEP=auto|block|cluster|grid|steps
 // forces one (tests run every path this way); auto takes the first that fits of grid, cluster,
-// block (the order of their measured speed), else steps.
+// block (fastest first where they fit: bench/bench_kernels.py --device cuda compares them),
+// else steps.
 enum class SweepPath {
   kAuto,
   kBlock,    // one thread block per batch tile holds all of w_hh in shared memory; __syncthreads

@@ -1,9 +1,12 @@
 // Forward and backward of one small case through the dispatcher (torch::ops charrnn::*),
 // against plain loops of docs/design.md's equations in double precision; a backward that asks
-// for some gradients only; and the CPU variant in use, which ATEN_CPU_CAPABILITY may force.
+// for some gradients only; each forced CPU choice (force_cpu_choice); and the CPU variant in
+// use, which ATEN_CPU_CAPABILITY may force.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -144,6 +147,41 @@ int main() {
     const bool ok = std::string(e.what()).find("h0") != std::string::npos;
     failures += !ok;
     std::printf("bad h0 shape: %s\n", ok ? "error names h0, ok" : "error does not name h0 FAIL");
+  }
+  // Every forced CPU choice (force_cpu_choice: the forward and backward sweeps split by batch
+  // rows or by hidden units, the backward overlapped or serial) gives the reference on two
+  // threads; "auto" restores the shapes' choice, and a bad value is an error naming it.
+  at::set_num_threads(2);
+  for (const char* sweep : {"rows", "units"}) {
+    for (const char* order : {"overlap", "serial"}) {
+      charrnn::force_cpu_choice("sweep", sweep);
+      charrnn::force_cpu_choice("backward", order);
+      auto [f_out, f_h_n, f_none] = fwd.call(x, h0, w_ih, w_hh, b_ih, b_hh, 0.0, 0);
+      auto [f_dx, f_dh0, f_dw_ih, f_dw_hh, f_db] =
+          bwd.call(g_out, g_hn, x, h0, w_ih, w_hh, output, {true, true, true, true, true}, 0.0, 0);
+      const double err = std::max({max_diff(f_out, want_out), max_diff(f_dx, want_dx),
+                                   max_diff(f_dh0, dnext), max_diff(f_dw_ih, want_dwi),
+                                   max_diff(f_dw_hh, want_dwh), max_diff(f_db, want_db)});
+      const bool ok = err <= 1e-12 && charrnn::force_cpu_choice("sweep") == sweep &&
+                      charrnn::force_cpu_choice("backward") == order;
+      failures += !ok;
+      std::printf("forced %s, %s max abs error %.3g %s\n", sweep, order, err, ok ? "ok" : "FAIL");
+    }
+  }
+  const bool restored = charrnn::force_cpu_choice("sweep", "auto") == "units" &&
+                        charrnn::force_cpu_choice("backward", "auto") == "serial" &&
+                        charrnn::force_cpu_choice("sweep") == "auto";
+  failures += !restored;
+  std::printf("forced choices back to auto %s\n", restored ? "ok" : "FAIL");
+  try {
+    charrnn::force_cpu_choice("sweep", "diagonal");
+    std::printf("bad forced sweep: no error FAIL\n");
+    ++failures;
+  } catch (const c10::ValueError& e) {
+    const bool ok = std::string(e.what()).find("diagonal") != std::string::npos &&
+                    charrnn::force_cpu_choice("sweep") == "auto";
+    failures += !ok;
+    std::printf("bad forced sweep: %s\n", ok ? "ValueError, unchanged, ok" : "wrong error FAIL");
   }
   const std::string capability = charrnn::cpu_capability();
   const char* forced = std::getenv("ATEN_CPU_CAPABILITY");
