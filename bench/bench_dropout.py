@@ -3,17 +3,26 @@ alone, then the training step.
 
     python bench/bench_dropout.py --data-dir DIR --seconds 120
 
+Contenders:
+  fused     the dropout drawn inside the fused op's kernels (rnn_tanh(..., dropout=p); in the
+            step, the model as it is: FusedRNN's dropout between layers and before the head)
+  unfused   torch's dropout outside the op: F.dropout on the op's output (in the step, F.dropout
+            between the layers and nn.Dropout before the head, as the other cells drop)
+  none      (the op only) the op without dropout, the floor both are measured against
+
 The op: forward and backward of one layer shaped as the default model's second (T=100, B=32,
-E=H=512, float32) without dropout, with the fused dropout p = 0.25, and with F.dropout(0.25) on
-its output; medians of interleaved calls.
+E=H=512, float32), p = --dropout (default: the trainer's); medians of interleaved calls.
 
 The step: `charrnn train`'s model and step (the trainer's defaults: 2 x 512 fused rnn,
-embedding 64, dropout 0.25, batch 32 x 100, Adam) twice, with the same initial parameters.
-"fused" is the model as it is: every dropout drawn in the op's kernels. "unfused" draws them as
-before the op had dropout: torch's F.dropout between the layers and ByteDropout before the
-head. They alternate in blocks of steps (so load on the machine hits both alike); the medians
-of the blocks' ms per step and their ratio are reported, then a profile of each step by part
-(bench/stock.py)."""
+embedding 64, batch 32 x 100, Adam; dropout --dropout) twice, with the same initial
+parameters, fused and unfused. They alternate in blocks of steps (so load on the machine hits
+both alike); the medians of the blocks' ms per step and their ratio are reported, then a
+profile of each step by part (bench/stock.py).
+
+Result: `dropout`, in bench/out/ or, with --publish, bench/results/ (bench/common.py). Rows
+(op, then step) of the same keys: measure, none_ms (op only), fused_ms, unfused_ms,
+unfused_over_fused, count (calls or blocks), and the lists of every call's or block's ms in
+runs (the step's row also its profile by part, profile_ms)."""
 
 from __future__ import annotations
 
@@ -33,9 +42,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 from charrnn_ext import rnn_tanh  # noqa: E402
-from charrnn_ext.model import ByteDropout  # noqa: E402
 from charrnn_ext.train import TrainConfig, Trainer  # noqa: E402
-import stock  # noqa: E402  (bench/ is on sys.path when run as a script)
+import common  # noqa: E402  (bench/ is on sys.path when run as a script)
+import stock  # noqa: E402
+
+DROPOUT = TrainConfig.__dataclass_fields__["dropout"].default  # the trainer's
 
 
 def unfused_forward(rnn, input, hx=None):
@@ -52,7 +63,7 @@ def unfused_forward(rnn, input, hx=None):
     return output, torch.stack(h_n)
 
 
-def time_op(seconds: float) -> None:
+def time_op(seconds: float, p: float) -> dict:
     T, B, E, H = 100, 32, 512, 512
     g = torch.Generator().manual_seed(0)
     x = torch.randn(T, B, E, generator=g).requires_grad_()
@@ -62,8 +73,8 @@ def time_op(seconds: float) -> None:
     b_ih, b_hh = torch.zeros(H, requires_grad=True), torch.zeros(H, requires_grad=True)
     grad = torch.randn(T, B, H, generator=g)
     variants = {"none": lambda: rnn_tanh(x, h0, w_ih, w_hh, b_ih, b_hh)[0],
-                "fused": lambda: rnn_tanh(x, h0, w_ih, w_hh, b_ih, b_hh, dropout=0.25)[0],
-                "F.dropout": lambda: F.dropout(rnn_tanh(x, h0, w_ih, w_hh, b_ih, b_hh)[0], 0.25)}
+                "fused": lambda: rnn_tanh(x, h0, w_ih, w_hh, b_ih, b_hh, dropout=p)[0],
+                "unfused": lambda: F.dropout(rnn_tanh(x, h0, w_ih, w_hh, b_ih, b_hh)[0], p)}
     ms = {name: [] for name in variants}
     end = time.monotonic() + seconds
     while time.monotonic() < end or len(ms["none"]) < 4:
@@ -72,9 +83,12 @@ def time_op(seconds: float) -> None:
             forward().backward(grad)
             ms[name].append((time.perf_counter() - t0) * 1e3)
     med = {name: statistics.median(v[1:]) for name, v in ms.items()}  # the first calls warm up
-    print(f"op T={T} B={B} E={E} H={H} forward + backward, ms, median of {len(ms['none']) - 1} interleaved: "
+    print(f"op T={T} B={B} E={E} H={H} p={p} forward + backward, ms, median of {len(ms['none']) - 1} interleaved: "
           f"no dropout {med['none']:.1f}, fused dropout {med['fused']:.1f} (+{med['fused'] - med['none']:.1f}), "
-          f"F.dropout {med['F.dropout']:.1f} (+{med['F.dropout'] - med['none']:.1f})")
+          f"F.dropout {med['unfused']:.1f} (+{med['unfused'] - med['none']:.1f})")
+    return {"measure": f"op T={T} B={B} E={E} H={H} p={p}", "none_ms": med["none"], "fused_ms": med["fused"],
+            "unfused_ms": med["unfused"], "unfused_over_fused": med["unfused"] / med["fused"],
+            "count": len(ms["none"]) - 1, "runs": ms}
 
 
 def main(argv=None) -> int:
@@ -84,18 +98,25 @@ def main(argv=None) -> int:
     p.add_argument("--block", type=int, default=4, help="steps per block (default: 4)")
     p.add_argument("--data-dir", default=None, help="directory holding tinyshakespeare.txt")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--dropout", type=float, default=DROPOUT,
+                   help="p of the op and the step (default: the trainer's, %(default)s)")
+    common.add_output_flags(p)
     args = p.parse_args(argv)
 
     def trainer():
         return Trainer(TrainConfig(data_dir=args.data_dir, threads=args.threads, device="cpu", progress=False,
-                                   plot=False, out=tempfile.mkdtemp(prefix="charrnn-bench-"), eval_every=0))
+                                   plot=False, out=tempfile.mkdtemp(prefix="charrnn-bench-"), eval_every=0,
+                                   dropout=args.dropout))
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"load average at start {os.getloadavg()}, {torch.get_num_threads()} threads", file=sys.stderr)
-    time_op(args.op_seconds)
+    config = {"op_seconds": args.op_seconds, "seconds": args.seconds, "block": args.block,
+              "dropout": args.dropout}
+    rows = [time_op(args.op_seconds, args.dropout)]
+    common.save(args, "dropout", config, rows)
     fused, unfused = trainer(), trainer()
     unfused.model.rnn.forward = types.MethodType(unfused_forward, unfused.model.rnn)
-    unfused.model.drop = ByteDropout(unfused.cfg.dropout)
+    unfused.model.drop = torch.nn.Dropout(unfused.cfg.dropout)
     assert fused.model.rnn.output_dropout == fused.cfg.dropout > 0  # the model under test drops in the op
     batches = fused.train_batches
 
@@ -123,7 +144,13 @@ def main(argv=None) -> int:
     for part in stock.PARTS:
         print(f"| {part} | {profiles['fused'][part]:.1f} | {profiles['unfused'][part]:.1f} |")
     print(f"| step | {sum(profiles['fused'].values()):.1f} | {sum(profiles['unfused'].values()):.1f} |")
+    rows.append({"measure": f"train step, dropout {fused.cfg.dropout}, {args.block} steps a block", "none_ms": None,
+                 "fused_ms": med["fused"], "unfused_ms": med["unfused"],
+                 "unfused_over_fused": med["unfused"] / med["fused"], "count": len(ms["fused"]), "runs": ms,
+                 "profile_ms": profiles})
+    path = common.save(args, "dropout", config, rows)
     print(f"load average at end {os.getloadavg()}", file=sys.stderr)
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -1,9 +1,16 @@
 """Generation from a trained CharRNN: prime text, temperature, top-k, argmax, seed.
 
-The rnn cell (FusedRNN) generates through one fused op call (ops.rnn_tanh_decode) on the CPU
-and through a CUDA graph of its steps (CUDAGraphSteps) on a GPU; both draw the same text as the
-Python loop for the same seed. The other cells run the Python loop, on the CPU through
-PackedCellStep (weights packed once per text, not laid out again per character)."""
+Each model takes one path:
+  the rnn cell (FusedRNN)  one fused op call (ops.rnn_tanh_decode) on the CPU, a CUDA graph of its
+                           steps (CUDAGraphSteps) on a GPU;
+  gru, lstm, rnn-torch     on the CPU in float32/float64, the Python loop through PackedCellStep
+                           (weights packed once per text, not laid out again per character);
+  everything else          the Python loop (python_steps) through the torch module, one call
+                           per character: any cell on a device or dtype that the two above do
+                           not cover (gru/lstm/rnn-torch on a GPU, bfloat16, ...).
+All of them draw with draw(), torch.multinomial's draw, so the same seed gives the same text on
+every path (the rnn cell's Python loop is the reference the fused decode's text equals; the
+tests reach it through python_steps and model_step)."""
 
 from __future__ import annotations
 
@@ -25,13 +32,11 @@ FIRST_CHUNK, LAST_CHUNK = 16, 1024
 @torch.no_grad()
 def generate(model: CharRNN, vocab: Vocab, prime: str = "", length: int = 500,
              temperature: float = 1.0, top_k: int | None = None, num_samples: int = 1,
-             seed: int | None = None, stream=None, fused: bool | None = None) -> list[str]:
+             seed: int | None = None, stream=None) -> list[str]:
     """Return num_samples strings, each the prime followed by `length` generated characters.
 
     temperature 0 means argmax (deterministic). top_k keeps the k most likely characters.
     With a stream (e.g. sys.stdout), the first sample is written as it comes, in chunks.
-    fused: None uses the fused decode op where the model allows it (the rnn cell), False the
-    Python loop (the reference it equals), True requires the fused op.
     """
     if length < 0:
         raise CharRNNError("length must be >= 0")
@@ -46,11 +51,7 @@ def generate(model: CharRNN, vocab: Vocab, prime: str = "", length: int = 500,
         raise CharRNNError("prime text has characters not in the model's vocabulary: "
                          + ", ".join(repr(c) for c in missing))
     device = next(model.parameters()).device
-    can_fuse = fused_decode_available(model)
-    if fused and not can_fuse:
-        raise CharRNNError(f"the fused decode needs the rnn cell on a device with charrnn's kernels; "
-                         f"this model is {model.config.cell} on {device}")
-    if can_fuse and fused is not False:
+    if fused_decode_available(model):
         steps = CUDAGraphSteps() if device.type == "cuda" else fused_steps
     else:
         step = PackedCellStep(model) if PackedCellStep.supports(model) else model_step(model)
@@ -123,10 +124,14 @@ def fused_steps(model: CharRNN, logits, state, n: int, temperature: float, top_k
 
 def python_steps(step, logits, state, n: int, temperature: float, top_k: int | None,
                  gen: torch.Generator):
-    """n draws, one step(ids [N], state) -> (logits [N, V], state) call per character."""
+    """n draws, one step(ids [N], state) -> (logits [N, V], state) call per character.
+    Non-finite logits raise before their draw, as torch.multinomial's checks (read from the
+    device) and the fused op do."""
     out = []
     for _ in range(n):
-        nxt = pick(logits, temperature, top_k, gen)  # [N]
+        if temperature > 0 and not bool(torch.isfinite(logits).all()):
+            raise RuntimeError(NOT_FINITE)
+        nxt = draw(logits, temperature, top_k, gen)  # [N]
         out.append(nxt)
         logits, state = step(nxt, state)
     return torch.stack(out, 1), state, logits
@@ -134,7 +139,7 @@ def python_steps(step, logits, state, n: int, temperature: float, top_k: int | N
 
 def model_step(model: CharRNN):
     """One character through the model's forward: for the rnn cell, the reference that the fused
-    decode equals."""
+    decode equals; for the other cells the step wherever PackedCellStep does not apply."""
     def step(ids, state):
         logits, state = model(ids.unsqueeze(1), state)
         return logits[:, -1], state
@@ -147,8 +152,9 @@ class PackedCellStep:
 
     Why: each per-character call of torch's modules multiplies through a GEMM call that, at one
     row, spends more on its own overhead than on the multiply-adds, and nn.LSTM's oneDNN kernel
-    also lays its weights out anew on every call. The floats differ from the module's in the
-    last bits (other summation order), like any two GEMMs.
+    also lays its weights out anew on every call (bench/bench_sample.py measures each cell's
+    path against its torch module). The floats differ from the module's in the last bits
+    (other summation order), like any two GEMMs.
     """
 
     @staticmethod
@@ -206,21 +212,22 @@ def probabilities(logits: torch.Tensor, temperature: float, top_k: int | None) -
     return torch.softmax(logits, dim=-1)
 
 
-def pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> torch.Tensor:
-    """Next ids [N] from logits [N, V]."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    return torch.multinomial(probabilities(logits, temperature, top_k), 1, generator=gen).squeeze(1)
+# The fused op's words and type for logits that no character can be drawn from.
+NOT_FINITE = "charrnn: decode: the logits are not finite, so no character can be drawn"
 
 
 def draw(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> torch.Tensor:
-    """pick() in a form a CUDA graph can hold: torch.multinomial draws one sample as the argmax of
-    p / q with q ~ Exp(1) from the generator, after checks that read the device from the host
-    (which a graph cannot hold). This is that draw without the checks, so the ids and the
-    generator's state after it are pick()'s (a test holds them equal)."""
+    """Next ids [N] from logits [N, V]: argmax at temperature 0, else one draw from
+    probabilities(), the one draw of every Python path (the loop and the CUDA graph).
+
+    It is torch.multinomial's draw of one sample, the argmax of p / q with q ~ Exp(1) from the
+    generator, without multinomial's checks, which read the device from the host (a CUDA graph
+    cannot hold that; the callers check the logits themselves). So the ids and the generator's
+    state after it are torch.multinomial's (a test holds them equal), and the text is the fused
+    op's and torch's sampling's for the same seed."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = probabilities(logits, temperature, top_k)
+    probs = probabilities(logits.detach(), temperature, top_k)  # a draw, not a function to differentiate
     q = torch.empty_like(probs).exponential_(1, generator=gen)
     return torch.div(probs, q, out=q).argmax(-1)
 
@@ -234,7 +241,7 @@ class CUDAGraphSteps:
     from it where the eager steps would have (CUDA graphs advance a registered generator's
     offset by the captured steps' increments), and the warm-up before the capture puts the
     generator's state back. A text shorter than CHARS, and the remainder of a call, run eagerly.
-    Non-finite logits raise once the replays of a call are done, as pick() would have raised.
+    Non-finite logits raise once the replays of a call are done, as the eager loop would have.
     If the capture fails (a torch or driver that refuses it), this falls back to the fused
     op's loop with a warning.
     """
@@ -261,8 +268,7 @@ class CUDAGraphSteps:
                 self.replay()
                 pieces.append(self.ids.clone())
             if temperature > 0 and bool(self.nonfinite):
-                # the fused op's words and type
-                raise RuntimeError("charrnn: decode: the logits are not finite, so no character can be drawn")
+                raise RuntimeError(NOT_FINITE)
             logits, state = self.logits.clone(), self.state.clone()
         if n % self.CHARS:
             ids, state, logits = python_steps(model_step(model), logits, state, n % self.CHARS,

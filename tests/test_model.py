@@ -81,23 +81,9 @@ def test_bad_config_is_rejected():
         ModelConfig(vocab_size=5, embedding_size=-1)
 
 
-def test_byte_dropout_keeps_expectation_and_is_seeded():
-    from charrnn_ext.model import ByteDropout
-    d = ByteDropout(0.25)
-    x = torch.ones(200_000)
-    torch.manual_seed(1)
-    y = d(x)
-    torch.testing.assert_close(y.unique(), torch.tensor([0.0, 4 / 3]))
-    assert abs((y == 0).float().mean().item() - 0.25) < 0.01
-    torch.manual_seed(1)
-    assert torch.equal(d(x), y)
-    assert torch.equal(d.eval()(x), x) and torch.equal(ByteDropout(0.0).train()(x), x)
-
-
-def test_fused_cell_drops_inside_the_op_other_cells_with_byte_dropout():
+def test_fused_cell_drops_inside_the_op_other_cells_with_torch_dropout():
     """The fused rnn cell takes its dropout (between layers and before the head) inside the op:
-    no dropout module before the head. The other cells keep ByteDropout."""
-    from charrnn_ext.model import ByteDropout
+    no dropout module before the head. The other cells drop the head's input with nn.Dropout."""
     fused = CharRNN(ModelConfig(vocab_size=9, cell="rnn", hidden_size=8, num_layers=2, dropout=0.3))
     assert isinstance(fused.drop, torch.nn.Identity)
     assert fused.rnn.dropout == 0.3 and fused.rnn.output_dropout == 0.3
@@ -111,4 +97,4 @@ def test_fused_cell_drops_inside_the_op_other_cells_with_byte_dropout():
     assert not torch.allclose(fused(idx)[0], a)  # train mode dropped the head's input
     for cell in ("rnn-torch", "gru", "lstm"):
         m = CharRNN(ModelConfig(vocab_size=9, cell=cell, hidden_size=8, num_layers=2, dropout=0.3))
-        assert isinstance(m.drop, ByteDropout)
+        assert isinstance(m.drop, torch.nn.Dropout) and m.drop.p == 0.3

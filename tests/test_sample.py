@@ -7,7 +7,7 @@ from charrnn_ext import reference
 from charrnn_ext import sample as sample_mod
 from charrnn_ext.data import Vocab
 from charrnn_ext.model import CharRNN, ModelConfig
-from charrnn_ext.sample import generate, pick
+from charrnn_ext.sample import draw, generate
 
 DECODE = torch.ops.charrnn.rnn_tanh_decode
 
@@ -64,10 +64,10 @@ def test_streaming_matches_the_returned_text(model_vocab):
 def test_top_k_only_samples_the_k_most_likely():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.5, -1.0]]).repeat(2000, 1)
     g = torch.Generator().manual_seed(0)
-    picked = set(pick(logits, 1.0, 2, g).tolist())
+    picked = set(draw(logits, 1.0, 2, g).tolist())
     assert picked == {1, 3}
-    assert pick(logits[:1], 0.0, None, g).item() == 1
-    low = pick(logits, 0.05, None, g)  # a low temperature is nearly argmax
+    assert draw(logits[:1], 0.0, None, g).item() == 1
+    low = draw(logits, 0.05, None, g)  # a low temperature is nearly argmax
     assert (low == 1).float().mean() > 0.99
 
 
@@ -115,14 +115,26 @@ DRAWS = [(0.0, None), (1.0, None), (0.7, 3), (1.6, 1), (1.0, 100)]
 @pytest.mark.parametrize("vocab_size, hidden, layers, embedding, dtype, samples", CASES)
 @pytest.mark.parametrize("device", devices)
 def test_fused_decode_draws_the_python_loops_text(vocab_size, hidden, layers, embedding, dtype, samples, device):
+    # generate() takes the fused path; its text is the Python loop's (the reference) from the
+    # same prime and seed.
     vocab = vocab_of(vocab_size)
     model = random_model(vocab, hidden=hidden, layers=layers, embedding=embedding, dtype=dtype, device=device)
+    assert sample_mod.fused_decode_available(model)
     for temperature, top_k in DRAWS:
-        kw = dict(prime=vocab.chars[0], length=60, temperature=temperature, top_k=top_k,
-                  num_samples=samples, seed=11)
-        fused = generate(model, vocab, fused=True, **kw)
-        assert fused == generate(model, vocab, fused=False, **kw), (temperature, top_k)
+        kw = dict(length=60, temperature=temperature, top_k=top_k, num_samples=samples, seed=11)
+        fused = generate(model, vocab, prime=vocab.chars[0], **kw)
+        assert fused == python_loop_text(model, vocab, vocab.chars[0], **kw), (temperature, top_k)
     assert len(set(fused)) > 1 or samples == 1 or vocab_size < 3
+
+
+def python_loop_text(model, vocab, prime, length, temperature, top_k, num_samples, seed):
+    """generate()'s text from a prime through the Python loop of model_step."""
+    device = model.head.weight.device
+    with torch.no_grad():
+        logits, state = model(vocab.encode(prime).to(device).unsqueeze(0).expand(num_samples, -1).contiguous())
+        gen = torch.Generator(device=device).manual_seed(seed)
+        ids = python_loop(model, logits[:, -1], state, length, temperature, top_k, gen)[0]
+    return [prime + vocab.decode(row) for row in ids.tolist()]
 
 
 @pytest.mark.parametrize("device", devices)
@@ -146,16 +158,18 @@ def python_loop(model, *args):
 
 
 @pytest.mark.parametrize("device", devices)
-def test_draw_is_picks_draw(device):
-    # The CUDA graph's draw (no host-side checks) takes multinomial's ids and random numbers.
+def test_draw_is_multinomials_draw(device):
+    # The one draw (no host-side checks, so a CUDA graph can hold it) takes torch.multinomial's
+    # ids and random numbers: what makes the text the fused op's and torch's sampling's.
     for dtype, vocab_size, samples in ((torch.float32, 65, 8), (torch.float64, 3, 1), (torch.float32, 200, 33)):
         for temperature, top_k in DRAWS:
             for seed in range(4):
                 logits = 3 * torch.randn(samples, vocab_size, dtype=dtype, device=device,
                                          generator=torch.Generator(device=device).manual_seed(seed))
                 gens = [torch.Generator(device=device).manual_seed(seed) for _ in range(2)]
-                assert torch.equal(sample_mod.pick(logits, temperature, top_k, gens[0]),
-                                   sample_mod.draw(logits, temperature, top_k, gens[1]))
+                want = (logits.argmax(-1) if temperature == 0 else torch.multinomial(
+                    sample_mod.probabilities(logits, temperature, top_k), 1, generator=gens[0]).squeeze(1))
+                assert torch.equal(want, sample_mod.draw(logits, temperature, top_k, gens[1]))
                 assert torch.equal(gens[0].get_state(), gens[1].get_state())
 
 
@@ -225,6 +239,20 @@ def test_cuda_graph_steps_refuse_non_finite_logits(monkeypatch):
         sample_mod.CUDAGraphSteps()(model, logits[:, -1], state, 32, 1.0, None, gen)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_python_loop_refuses_non_finite_logits_as_the_fused_op_does(cell):
+    vocab = vocab_of(9)
+    model = random_model(vocab, cell=cell, hidden=13)
+    with torch.no_grad():
+        model.head.bias[2] = float("nan")
+    logits, state = model(torch.zeros(2, 1, dtype=torch.long))
+    for steps in (python_loop, sample_mod.fused_steps) if cell == "rnn" else (python_loop,):
+        with pytest.raises(RuntimeError, match="logits are not finite"):
+            steps(model, logits[:, -1], state, 3, 1.0, None, torch.Generator().manual_seed(0))
+    # argmax draws nothing from a distribution: NaN logits are the model's to answer for
+    assert python_loop(model, logits[:, -1], state, 3, 0.0, None, None)[0].shape == (2, 3)
+
+
 def test_fused_decode_follows_the_float64_reference():
     # The state after the drawn ids is the reference recurrence over them (teacher forcing).
     vocab = vocab_of(12)
@@ -255,14 +283,17 @@ def test_streaming_comes_in_growing_chunks_and_matches_one_call():
             self.pieces.append(s)
             return super().write(s)
 
-    for fused in (True, False):
+    # the fused decode (rnn) and the Python loop (lstm on the CPU: PackedCellStep; in bfloat16:
+    # the module's step)
+    for model in (model, random_model(vocab, cell="lstm", hidden=16),
+                  random_model(vocab, cell="lstm", hidden=16, dtype=torch.bfloat16)):
         buf = Writes()
-        streamed = generate(model, vocab, prime="ab", length=100, num_samples=3, seed=4, stream=buf, fused=fused)
+        streamed = generate(model, vocab, prime="ab", length=100, num_samples=3, seed=4, stream=buf)
         assert buf.getvalue() == streamed[0] + "\n"
         assert buf.pieces[:4] == ["ab", streamed[0][2:2 + sample_mod.FIRST_CHUNK],
                                   streamed[0][2 + sample_mod.FIRST_CHUNK:2 + 3 * sample_mod.FIRST_CHUNK],
                                   streamed[0][2 + 3 * sample_mod.FIRST_CHUNK:2 + 7 * sample_mod.FIRST_CHUNK]]
-        assert streamed == generate(model, vocab, prime="ab", length=100, num_samples=3, seed=4, fused=fused)
+        assert streamed == generate(model, vocab, prime="ab", length=100, num_samples=3, seed=4)
 
 
 def test_chunk_sizes():
@@ -277,8 +308,7 @@ def test_other_cells_run_the_python_loop(cell):
     vocab = vocab_of(9)
     model = random_model(vocab, cell=cell, hidden=12)
     assert not sample_mod.fused_decode_available(model)
-    with pytest.raises(ValueError, match="fused decode needs the rnn cell"):
-        generate(model, vocab, length=5, fused=True)
+    assert sample_mod.PackedCellStep.supports(model)
     out = generate(model, vocab, prime="a", length=30, num_samples=2, seed=2)
     assert out == generate(model, vocab, prime="a", length=30, num_samples=2, seed=2)
     assert all(len(s) == 31 for s in out)
