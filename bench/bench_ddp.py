@@ -9,16 +9,15 @@ the processes) with `charrnn train`; 1 process runs plainly (`python -m charrnn_
 default threads), N > 1 through `python -m torch.distributed.run --nproc_per_node=N` with
 OMP_NUM_THREADS = cores // N. Characters per second are the trainer's own (optimizer steps only,
 evaluation excluded, all processes' columns counted); "steady" is the median of the metrics lines
-after the first (warm-up excluded). Writes bench/results/ddp-<date>.json and prints a markdown table.
+after the first (warm-up excluded). The result `ddp` goes to bench/out/, or with --publish to
+bench/results/ (bench/common.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -30,7 +29,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-from common import git_commit  # noqa: E402  (bench/ is on sys.path when run as a script)
+import common  # noqa: E402  (bench/ is on sys.path when run as a script)
+import report  # noqa: E402
 
 
 def free_port() -> int:
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-steps", type=int, default=150, help="optimizer steps per configuration (default: 150)")
     p.add_argument("--data", default=None, help="a text file instead of tiny shakespeare")
     p.add_argument("--data-dir", default=None, help="directory holding tinyshakespeare.txt")
-    p.add_argument("--out", default=None, help="result JSON (default: bench/results/ddp-<date>.json)")
+    common.add_output_flags(p)
     p.add_argument("--timeout", type=float, default=900, help="seconds per configuration (default: 900)")
     p.add_argument("extra", nargs="*", help="more `charrnn train` flags after --, e.g. -- --hidden-size 256")
     args = p.parse_args(argv)
@@ -83,41 +83,20 @@ def main(argv=None) -> int:
                   "--eval-windows", "2", "--log-every", "10", "--no-plot", "--no-progress", *args.extra]
     train_args += ["--data", args.data] if args.data else []
     train_args += ["--data-dir", args.data_dir] if args.data_dir else []
-    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
-    out = Path(args.out) if args.out else HERE / "results" / f"ddp-{stamp}.json"
-    import torch
-    report = {"benchmark": "ddp", "date": stamp, "commit": git_commit(), "torch": str(torch.__version__),
-              "machine": platform.machine(), "cpu_count": os.cpu_count(), "train_args": train_args,
-              "results": []}
+    rows = []
     with tempfile.TemporaryDirectory(prefix="charrnn-ddp-") as tmp:
         for n in [int(s) for s in args.procs.split(",")]:
             print(f"== {n} process(es), {args.max_steps} steps", file=sys.stderr, flush=True)
             row = run_one(n, train_args, Path(tmp) / f"p{n}", args.timeout)
-            report["results"].append(row)
+            rows.append(row)
             print(f"   {row['chars_per_s']:,.0f} chars/s (steady {row['chars_per_s_steady'] or 0:,.0f}), "
                   f"{row['wall_s']:.0f} s wall", file=sys.stderr, flush=True)
-    base = report["results"][0]["chars_per_s"]
-    for row in report["results"]:
-        row["vs_first"] = row["chars_per_s"] / base
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(table(report))
-    print(f"\nwritten {out}")
+    for row in rows:
+        row["vs_first"] = row["chars_per_s"] / rows[0]["chars_per_s"]
+    path = common.save(args, "ddp", {"max_steps": args.max_steps, "train_args": train_args}, rows)
+    print(report.block_ddp({"ddp": json.loads(path.read_text())}))
+    print(f"\nwrote {path}")
     return 0
-
-
-def table(report: dict) -> str:
-    lines = [f"{report['cpu_count']} cores, torch {report['torch']}, default model, "
-             f"{report['results'][0]['steps']} steps each",
-             "",
-             "| processes | threads each | chars/s | steady chars/s | vs 1 process | train s | wall s (with start-up) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in report["results"]:
-        steady = f"{r['chars_per_s_steady']:,.0f}" if r["chars_per_s_steady"] else "-"
-        lines.append(f"| {r['processes']} | {r['threads_per_process']} | {r['chars_per_s']:,.0f} | "
-                     f"{steady} | {r['vs_first']:.2f}x | {r['train_time_s']:.1f} | {r['wall_s']:.1f} |")
-    return "\n".join(lines)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -188,10 +188,8 @@ def cuda_event_medians(runs, rounds):
     """Each call between two CUDA events, the competitors alternating round by round; the
     time between the events includes any gaps where the GPU waits for the CPU to launch.
     Each round runs the competitors in a fresh random order with the garbage collector off (it
-    collects between rounds), as timeit does. In the first H200 runs, with a fixed cyclic order,
-    the fused op, which always came right after the per-step loop (and the ~2,000 autograd
-    objects it leaves behind), timed 0.6-0.9 ms slower than the same kernels timed elsewhere in
-    the round; the cause was not established."""
+    collects between rounds), as timeit does: in a fixed order, whatever runs right after the
+    per-step loop (and the thousands of autograd objects it leaves behind) can pay for them."""
     for run in runs.values():  # warm-up: cuDNN plans, cuBLAS handles, allocator, module load
         for _ in range(3):
             run()

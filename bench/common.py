@@ -76,11 +76,14 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--publish", action="store_true",
                         help="write the result to bench/results/ (the current result, which "
                              "bench/report.py publishes) instead of bench/out/")
-    parser.add_argument("--out", type=Path, default=None, help="write the result JSON here instead")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the result JSON to this file, or as NAME.json into this directory")
 
 
 def result_path(args: argparse.Namespace, name: str) -> Path:
-    path = args.out or (RESULTS if args.publish else SCRATCH) / f"{name}.json"
+    path = args.out or (RESULTS if args.publish else SCRATCH)
+    if path.is_dir() or path.suffix != ".json":
+        path = path / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

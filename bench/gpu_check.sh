@@ -11,7 +11,8 @@
 #   PYTHON      that interpreter (default python3)
 #   WHEELS=DIR  a directory of wheels (e.g. from `pip download --no-deps -d DIR expecttest`),
 #               installed first when expecttest is missing: for a machine without network
-#   OUT         where the logs and the benchmark's JSON go (default bench/results/gpu-check)
+#   OUT         where the log goes, and the benchmarks' results in OUT/results/NAME.json, ready
+#               to be copied into bench/results/ (default bench/out/gpu-check)
 #   QUICK=1     a smaller benchmark grid
 #   PREBUILT=1  keep an in-place build already there (charrnn_ext/_C*.so, built for sm_90 against
 #               this torch) if it imports with CUDA; otherwise build as usual
@@ -23,8 +24,8 @@
 #   MAX_JOBS    parallel compile jobs (default: every core)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-bench/results/gpu-check}
-mkdir -p "$OUT"
+OUT=${OUT:-bench/out/gpu-check}
+mkdir -p "$OUT/results"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -124,7 +125,7 @@ fi
 if want bench; then
 step "kernel benchmark against cuDNN"
 limited 180 $PY bench/bench_kernels.py --device cuda ${QUICK:+--quick} "${skip_paths[@]}" \
-  --out "$OUT/cuda-$(date +%F).json" || status=1
+  --out "$OUT/results" || status=1
 fi
 
 if want profile; then
@@ -135,14 +136,14 @@ fi
 if want sample; then
 step "generation benchmark"
 limited 60 $PY bench/bench_sample.py --device cuda --samples 1,64 --rounds 2 --seconds 0.5 \
-  --out "$OUT/sample-cuda-$(date +%F).json" || status=1
+  --out "$OUT/results" || status=1
 fi
 
 TRAIN_SECONDS=${TRAIN_SECONDS:-60}
 if want train && (( TRAIN_SECONDS > 0 )); then
   step "charrnn train --device cuda, the default model, rnn against rnn-torch (cuDNN), ${TRAIN_SECONDS} s each"
   limited $((2 * TRAIN_SECONDS + 90)) $PY bench/bench_train.py --device cuda --cells rnn,rnn-torch \
-    --time-limit "$TRAIN_SECONDS" --no-progress --out "$OUT/train-cuda-$(date +%F).json" || status=1
+    --time-limit "$TRAIN_SECONDS" --no-progress --out "$OUT/results" || status=1
 fi
 
 step "done, status $status"

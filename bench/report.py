@@ -309,7 +309,9 @@ def block_sample(results, name="sample"):
         pairs = [(a, b) for a, b in d["config"].get("ratios", []) if a in names and b in names]
         rows = [[r["samples"], *(n(r["chars_per_s"][k]) for k in names),
                  *(x(r["chars_per_s"][a] / r["chars_per_s"][b]) for a, b in pairs)] for r in d["rows"]]
-        out.append(table(["samples", *names, *(f"{a} / {b}" for a, b in pairs)], rows, "---:|" * (1 + len(names) + len(pairs)))
+        out.append(f"Characters per second, medians of {d['config']['rounds']} interleaved rounds.\n\n"
+                   + table(["samples", *names, *(f"{a} / {b}" for a, b in pairs)], rows,
+                           "---:|" * (1 + len(names) + len(pairs)))
                    + f"\n\n{provenance(d)}")
     return "\n\n".join(out)
 
