@@ -65,7 +65,8 @@ def machine(doc: dict) -> str:
     if e.get("gpu"):
         where = f"{e['gpu']}, torch {e['torch']}, CUDA {e['cuda']}"
         if e.get("cudnn"):
-            where += f", cuDNN {e['cudnn']}"
+            v = int(e["cudnn"])  # torch reports 9.19.0 as 91900
+            where += f", cuDNN {v // 10000}.{v // 100 % 100}.{v % 100}"
         return where
     return f"{e['cpu']}, {e['threads']} threads on {e['cores']} cores, torch {e['torch']}"
 
@@ -73,8 +74,9 @@ def machine(doc: dict) -> str:
 def provenance(doc: dict) -> str:
     """Where a table comes from: machine, commit, date and the command that reproduces it."""
     e = doc["env"]
+    command = re.sub(r"(--data-dir|--runs-dir) \S+", r"\1 DIR", doc["command"])
     return (f"{machine(doc)}; commit {e.get('commit') or '?'}, {e['date'][:10]}; "
-            f"`bench/results/{doc['benchmark']}.json` from\n`{doc['command']}`")
+            f"`bench/results/{doc['benchmark']}.json` from\n`{command}`")
 
 
 def prose(text: str) -> str:
@@ -228,8 +230,8 @@ def block_train_result(results):
     doc = results["train"]
     s = r["sample"]
     return (f"```bash\nTIME_LIMIT=0 bash run.sh --max-steps {r['steps']}\n```\n\n"
-            + prose(f"trains {r['steps']:,} steps ({r['epochs']:.1f} epochs, {r['train_time_s'] / 60:.0f} minutes "
-                    f"on {machine(doc).split(',')[0]}) to a validation loss of **{r['val_loss']:.3f}** nats per "
+            + prose(f"trains {r['steps']:,} steps ({r['epochs']:.1f} epochs) to a validation loss of "
+                    f"**{r['val_loss']:.3f}** nats per "
                     f"character (best {r['best_val_loss']:.3f}, train {r['train_loss']:.3f}), and run.sh's "
                     f"sampling command (prime \"{s['prime']}\", temperature {s['temperature']}, seed "
                     f"{s['seed']}) then writes:")
@@ -246,7 +248,7 @@ def block_train(results):
         keep = evals[::max(1, len(evals) // 8)] + ([evals[-1]] if evals and len(evals) % 8 else [])
         rows = [[m["step"], m.get("epoch", "-"), f"{m['val_loss']:.3f}"] for m in keep]
         out.append(f"{r['cell']}: {r['parameters']:,} parameters, {r['steps']:,} steps, "
-                   f"{r['epochs']:.1f} epochs, {n(r['chars_per_s'])} chars/s, val {r['val_loss']:.3f} "
+                   f"{r['epochs']:.1f} epochs, val {r['val_loss']:.3f} "
                    f"(best {r['best_val_loss']:.3f}), train {r['train_loss']:.3f}\n\n"
                    + table(["step", "epoch", "val loss"], rows, "---:|---:|---:|"))
     return "\n\n".join(out) + f"\n\n{provenance(doc)}"
@@ -300,7 +302,7 @@ def block_default_model(results):
 # ---------------------------------------------------------------- generation, DDP, dropout
 
 def block_sample(results, name="sample"):
-    docs = [d for k, d in results.items() if k == name or k.startswith(name + "-")]
+    docs = [d for k, d in results.items() if k == name or (name != "sample" and k.startswith(name + "-"))]
     if not docs:
         return missing(name)
     out = []
@@ -335,9 +337,10 @@ def block_dropout(results):
     doc = results.get("dropout")
     if doc is None:
         return missing("dropout")
-    keys = [k for k in doc["rows"][0] if not isinstance(doc["rows"][0][k], (list, dict))]
-    rows = [[(f"{r[k]:.3g}" if isinstance(r[k], float) else r[k]) for k in keys] for r in doc["rows"]]
-    return table(keys, rows, "---|" * len(keys)) + f"\n\n{provenance(doc)}"
+    rows = [[r["measure"], ms(r["none_ms"]), ms(r["fused_ms"]), ms(r["unfused_ms"]), x(r["unfused_over_fused"]),
+             r["count"]] for r in doc["rows"]]
+    return (table(["", "no dropout ms", "fused ms", "unfused ms", "unfused / fused", "calls or blocks"], rows)
+            + f"\n\n{provenance(doc)}")
 
 
 BLOCKS = {"headline": block_headline, "cpu-table": block_cpu_table, "cpu-kernels": block_cpu_kernels,
