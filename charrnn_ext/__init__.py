@@ -28,9 +28,10 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
         "`pip install --no-build-isolation .` (or `-e .`) from the source checkout."
     ) from e
 
-from .errors import CharRNNError
+from .errors import (CharRNNError, FusedRNNFallbackWarning, RNNDeviceError, RNNDtypeError, RNNInputError,
+                     RNNShapeError)
 from .ops import RNNTanhFunction, rnn_tanh
-from .nn import FusedRNN
+from .nn import FusedRNN  # also adds FusedRNN to torch.serialization's safe globals
 
 
 def build_info():
@@ -38,5 +39,6 @@ def build_info():
     return dict(_C.build_info())
 
 
-__all__ = ["rnn_tanh", "RNNTanhFunction", "FusedRNN", "CharRNNError", "build_info"]
+__all__ = ["rnn_tanh", "RNNTanhFunction", "FusedRNN", "CharRNNError", "RNNInputError", "RNNShapeError",
+           "RNNDtypeError", "RNNDeviceError", "FusedRNNFallbackWarning", "build_info"]
 __version__ = "0.1.0"

@@ -104,10 +104,13 @@ def chunk_sizes(length: int, streaming: bool):
 
 
 def fused_decode_available(model: CharRNN) -> bool:
-    """Whether the fused decode op runs this model: FusedRNN layers on a device it has a kernel for."""
-    device = model.head.weight.device
-    return isinstance(model.rnn, FusedRNN) and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "charrnn::rnn_tanh_decode", "CUDA" if device.type == "cuda" else "CPU")
+    """Whether the fused decode op runs this model: one-directional tanh FusedRNN layers in float32
+    or float64 on a device it has a kernel for."""
+    rnn, weight = model.rnn, model.head.weight
+    return (isinstance(rnn, FusedRNN) and rnn.nonlinearity == "tanh" and not rnn.bidirectional
+            and weight.dtype in (torch.float32, torch.float64) and weight.device.type in ("cpu", "cuda")
+            and torch._C._dispatch_has_kernel_for_dispatch_key(
+                "charrnn::rnn_tanh_decode", "CUDA" if weight.device.type == "cuda" else "CPU"))
 
 
 def fused_steps(model: CharRNN, logits, state, n: int, temperature: float, top_k: int | None,

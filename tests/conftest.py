@@ -41,7 +41,13 @@ def _ieee_float32_on_gpu():
     """On a GPU, cuDNN and cuBLAS would compute float32 in TF32 where allowed (cuDNN allows it by
     default); every comparison here is against true float32 or float64."""
     import torch
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    # flags() rather than assignment: torch's test utilities (test_module_info.py imports them)
+    # forbid assigning cuDNN flags outside it. flags() sets every flag, so pass the others on.
+    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                     allow_tf32=False):
+        saved, matmul.allow_tf32 = matmul.allow_tf32, False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = saved

@@ -267,22 +267,25 @@ def test_state_dict_both_ways(num_layers, bias):
         torch.testing.assert_close(ref2(x)[1], fused2(x)[1])
 
 
-def test_bidirectional_raises():
-    with pytest.raises(NotImplementedError, match="bidirectional"):
-        FusedRNN(E, H, bidirectional=True)
+def test_bidirectional_runs_nn_rnn():
+    """No fused kernel: nn.RNN's implementation runs (tests/test_nn_contract.py checks the results)."""
+    out, h_n = FusedRNN(E, H, bidirectional=True)(torch.randn(T, B, E))
+    assert out.shape == (T, B, 2 * H) and h_n.shape == (2, B, H)
 
 
-def test_relu_raises():
-    with pytest.raises(ValueError, match=r"nonlinearity='tanh'.*relu"):
-        FusedRNN(E, H, nonlinearity="relu")
+def test_relu_runs_nn_rnn():
+    assert FusedRNN(E, H, nonlinearity="relu").nonlinearity == "relu"
+    with pytest.raises(ValueError, match="Unknown nonlinearity"):  # nn.RNN's own check
+        FusedRNN(E, H, nonlinearity="sigmoid")
     FusedRNN(E, H, nonlinearity="tanh")  # explicit tanh is fine
 
 
-def test_packed_sequence_raises():
+def test_packed_sequence_runs_nn_rnn():
+    """As bidirectional: nn.RNN's implementation runs, and returns a PackedSequence."""
     rnn = FusedRNN(E, H)
     packed = pack_padded_sequence(torch.randn(T, B, E), torch.tensor([7, 5, 2]))
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        rnn(packed)
+    out, h_n = rnn(packed)
+    assert out.data.shape == (7 + 5 + 2, H) and h_n.shape == (1, B, H)
 
 
 @pytest.mark.parametrize("hx_shape, expected", [
