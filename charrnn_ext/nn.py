@@ -104,17 +104,19 @@ class FusedRNN(torch.nn.RNN):
                 f"FusedRNN: input must be [T, B, E] ([B, T, E] with batch_first) or unbatched [T, E], "
                 f"a 3-D or 2-D tensor; got a {input.dim()}-D tensor of shape {_shape(input)}")
         batched = input.dim() == 3
-        layout = "[B, T, E]" if self.batch_first else "[T, B, E]"
         if batched:
             B = input.shape[0] if self.batch_first else input.shape[1]
             expected_hx, hx_layout = [L, B, H], "[num_layers, B, hidden_size]"
-            what = f"batched input {layout} of shape {_shape(input)}"
         else:
             expected_hx, hx_layout = [L, H], "[num_layers, hidden_size]"
-            what = f"unbatched input [T, E] of shape {_shape(input)}"
+
+        def what():  # for the messages only: formatting costs as much as a small step
+            if batched:
+                return f"batched input {'[B, T, E]' if self.batch_first else '[T, B, E]'} of shape {_shape(input)}"
+            return f"unbatched input [T, E] of shape {_shape(input)}"
         if hx is not None and hx.dim() != len(expected_hx):
             raise RNNShapeError(
-                f"FusedRNN: hx must have shape {expected_hx} {hx_layout} for {what}: a "
+                f"FusedRNN: hx must have shape {expected_hx} {hx_layout} for {what()}: a "
                 f"{len(expected_hx)}-D tensor; got a {hx.dim()}-D tensor of shape {_shape(hx)}")
 
         weight = self.weight_ih_l0
@@ -131,11 +133,11 @@ class FusedRNN(torch.nn.RNN):
                 f"Convert input: input.to({weight.dtype}), or convert model: model.to({input.dtype})")
         if input.shape[-1] != self.input_size:
             raise RNNShapeError(
-                f"FusedRNN: input.size(-1) must be equal to input_size={self.input_size}: {what} has "
+                f"FusedRNN: input.size(-1) must be equal to input_size={self.input_size}: {what()} has "
                 f"{input.shape[-1]} features, expected {self.input_size}")
         if hx is not None and _shape(hx) != expected_hx:
             raise RNNShapeError(
-                f"FusedRNN: hx must have shape {expected_hx} {hx_layout} for {what}; got shape {_shape(hx)}")
+                f"FusedRNN: hx must have shape {expected_hx} {hx_layout} for {what()}; got shape {_shape(hx)}")
         if input.device != weight.device:
             raise RNNDeviceError(
                 f"FusedRNN: input is on {input.device} but the weights are on {weight.device}; "
@@ -149,7 +151,7 @@ class FusedRNN(torch.nn.RNN):
         T = input.shape[1 if batched and self.batch_first else 0]
         if T == 0:
             raise RNNShapeError(f"FusedRNN: expected sequence length to be larger than 0 in RNN; "
-                                f"got {what}, with T = 0")
+                                f"got {what()}, with T = 0")
 
         if fallback is None and input.device.type not in _FUSED_DEVICE_TYPES:
             fallback = (("device", input.device.type),
