@@ -17,6 +17,10 @@ from torch.nn.utils.rnn import PackedSequence
 from charrnn_ext import FusedRNN
 
 common_modules = pytest.importorskip("torch.testing._internal.common_modules")
+# Importing torch's test utilities freezes torch.backends' global flags for the whole process
+# (torch's own suite sets them through flags() only); the benchmarks other tests run assign
+# them directly, so the freeze is undone.
+torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
 INFO = next(m for m in common_modules.module_db if m.module_cls is torch.nn.RNN)
 DTYPE = torch.float64
 
