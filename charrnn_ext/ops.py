@@ -365,9 +365,9 @@ def rnn_tanh_decode(logits, h0, embedding, w_ih, w_hh, b_ih, b_hh, head_weight, 
     embedding [V, E] (None: one-hot input); w_ih, w_hh, b_ih, b_hh: lists of L tensors as in
     torch.nn.RNN (biases may be None); head_weight [V, H], head_bias [V] or None. Each draw is
     charrnn_ext.sample.draw's (torch.multinomial's): argmax at temperature 0, else
-    softmax(logits / temperature) over the top_k most likely ids, drawn with `generator`. Returns (ids [B, steps] int64, h_n
-    [L, B, H], logits_n [B, V]): the drawn ids, and the state and logits after the last of them,
-    from which a next call continues the same text.
+    softmax(logits / temperature) over the top_k most likely ids, drawn with `generator`.
+    Returns (ids [B, steps] int64, h_n [L, B, H], logits_n [B, V]): the drawn ids, and the state
+    and logits after the last of them, from which a next call continues the same text.
     """
     return _DECODE(logits, h0, embedding, list(w_ih), list(w_hh), list(b_ih), list(b_hh),
                    head_weight, head_bias, steps, temperature, top_k, generator)
